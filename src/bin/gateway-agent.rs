@@ -1,0 +1,141 @@
+//! `gateway-agent`: serves one tunnel of a gateway from next to a private web app.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use gateway::agent::{self, AgentConfig, AgentError, AgentFile};
+use gateway::config::{LogConfig, Secret};
+use gateway::{EXIT_CONFIG, EXIT_USAGE, Shutdown, telemetry};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Connects to a gateway over WebSocket and forwards the requests it receives to a
+/// local HTTP server; reconnects by itself.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Gateway WebSocket URL, e.g. ws://127.0.0.1:3000/ws or wss://gw.example.com/ws.
+    #[arg(long, short, value_name = "URL")]
+    gateway: Option<String>,
+    /// Tunnel ID to serve (as configured on the gateway).
+    #[arg(long, short, value_name = "ID")]
+    tunnel: Option<String>,
+    /// The tunnel's token; prefer the GATEWAY_AGENT_TOKEN variable, which `ps` does not show.
+    #[arg(long, env = "GATEWAY_AGENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Local server to forward to: http://127.0.0.1:8000, 127.0.0.1:8000 or 8000.
+    #[arg(long, short, value_name = "URL")]
+    upstream: Option<String>,
+    /// TOML file with the same keys (gateway, tunnel, token, upstream, grace); flags win.
+    #[arg(long, short, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// On SIGTERM, how long open requests may take to finish (e.g. "30s").
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    grace: Option<Duration>,
+    /// Log level or filter; RUST_LOG wins when set.
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    log_level: String,
+}
+
+fn settings(cli: &Cli) -> Result<AgentConfig, AgentError> {
+    let file = match &cli.config {
+        Some(p) => AgentFile::load(p)?,
+        None => AgentFile::default(),
+    };
+    let missing = |what: &str| {
+        AgentError::Config(format!(
+            "missing --{what} (or `{what} = ...` in the --config file)"
+        ))
+    };
+    Ok(AgentConfig {
+        gateway: cli
+            .gateway
+            .clone()
+            .or(file.gateway)
+            .ok_or_else(|| missing("gateway"))?,
+        tunnel: cli
+            .tunnel
+            .clone()
+            .or(file.tunnel)
+            .ok_or_else(|| missing("tunnel"))?,
+        token: cli.token.clone().map(Secret::new).or(file.token),
+        upstream: cli
+            .upstream
+            .clone()
+            .or(file.upstream)
+            .ok_or_else(|| missing("upstream"))?,
+        grace: cli.grace.or(file.grace).unwrap_or(agent::DEFAULT_GRACE),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
+    let cfg = match settings(&cli).and_then(|c| agent::Upstream::parse(&c.upstream).map(|_| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let log = LogConfig {
+            level: cli.log_level.clone(),
+            ..LogConfig::default()
+        };
+        let _telemetry = match telemetry::init(&log) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+        };
+        let shutdown = Shutdown::new();
+        let (Ok(mut term), Ok(mut int)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            eprintln!("error: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        };
+        let run = agent::run(cfg, shutdown.subscribe());
+        tokio::pin!(run);
+        let result = tokio::select! {
+            r = &mut run => r,
+            _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
+                tracing::info!("signal received: draining open requests, then leaving");
+                shutdown.trigger();
+                tokio::select! {
+                    r = &mut run => r,
+                    _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
+                        tracing::warn!("second signal: exiting at once");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(if matches!(e, AgentError::Config(_)) { EXIT_CONFIG as u8 } else { 1 })
+            }
+        }
+    })
+}

@@ -1,0 +1,93 @@
+//! Errors a proxied request can end in, and how each is shown to the client.
+//!
+//! The body is short and stable: a code a script can match and one sentence for a
+//! person, as JSON when the client accepts JSON and as plain text otherwise. Causes
+//! (I/O errors, agent internals) are logged in the request's span, never sent.
+
+use axum::body::Body;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+
+use crate::protocol::REQUEST_ID_HEADER;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request names no tunnel and there is no default.
+    NoTunnel,
+    /// The Host or X-Tunnel-Id names a tunnel that is not configured.
+    UnknownTunnel(String),
+    /// The tunnel has no connected agent.
+    NoAgent(String),
+    /// The upstream did not send its response head in time.
+    Timeout(std::time::Duration),
+    /// The agent's session ended, or the stream failed, before the response head.
+    AgentLost,
+    /// The gateway is shutting down.
+    Draining,
+}
+
+impl ErrorKind {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ErrorKind::NoTunnel | ErrorKind::UnknownTunnel(_) => StatusCode::NOT_FOUND,
+            ErrorKind::NoAgent(_) | ErrorKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::AgentLost => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ErrorKind::NoTunnel => "no_tunnel",
+            ErrorKind::UnknownTunnel(_) => "unknown_tunnel",
+            ErrorKind::NoAgent(_) => "no_agent",
+            ErrorKind::Timeout(_) => "upstream_timeout",
+            ErrorKind::AgentLost => "agent_lost",
+            ErrorKind::Draining => "draining",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ErrorKind::NoTunnel => {
+                "No tunnel named: use the tunnel's host name or an X-Tunnel-Id header".to_owned()
+            }
+            ErrorKind::UnknownTunnel(t) => format!("Unknown tunnel '{t}'"),
+            ErrorKind::NoAgent(t) => format!("No agents available for tunnel '{t}'"),
+            ErrorKind::Timeout(d) => format!(
+                "The upstream did not answer within {}",
+                humantime::format_duration(*d)
+            ),
+            ErrorKind::AgentLost => {
+                "The agent's connection was lost before the upstream answered".to_owned()
+            }
+            ErrorKind::Draining => "The gateway is shutting down".to_owned(),
+        }
+    }
+
+    /// The response for `req`, in the format it accepts.
+    pub fn response<B>(&self, req: &Request<B>, request_id: &HeaderValue) -> Response<Body> {
+        let wants_json = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        let (body, content_type) = if wants_json {
+            let body = serde_json::json!({
+                "error": self.code(),
+                "message": self.message(),
+                "request_id": request_id.to_str().unwrap_or_default(),
+            });
+            (body.to_string(), "application/json")
+        } else {
+            (format!("{}\n", self.message()), "text/plain; charset=utf-8")
+        };
+        let mut resp = Response::new(Body::from(body));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        h.insert(REQUEST_ID_HEADER, request_id.clone());
+        h.insert("x-gateway-error", HeaderValue::from_static(self.code()));
+        resp
+    }
+}

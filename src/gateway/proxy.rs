@@ -1,0 +1,541 @@
+//! The reverse proxy: a public request, routed to a tunnel, sent as HTTP/1.1 over a
+//! yamux stream to one of its agents, the answer streamed back.
+//!
+//! - **Routing**: Host `<tunnel>.<public_domain>`, then `X-Tunnel-Id` (or, for
+//!   `/forward`, the `tunnel` query parameter), then the default tunnel.
+//! - **Bound streams**: a stream is an upstream keep-alive connection. It is bound
+//!   to the public connection that opened it ([`BoundSlot`]) and reused for that
+//!   connection's next requests to the same tunnel, while its agent is available.
+//! - **Timeouts**: `timeouts.direct` / `timeouts.forward` bound everything up to the
+//!   response head (choosing an agent, opening a stream, sending, waiting). Bodies
+//!   are streamed, never buffered, and not cut off while they flow.
+//! - **Headers**: hop-by-hop headers are removed both ways; `X-Forwarded-For`,
+//!   `-Proto`, `-Host` and `X-Request-Id` are set; Host is kept unless the tunnel
+//!   asks for `rewrite_host`.
+//! - **Upgrades** (WebSocket and others): forwarded on a fresh stream; after the
+//!   upstream's `101` the two sides are joined byte for byte.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tracing::Instrument;
+
+use super::error::ErrorKind;
+use super::{ConnCtx, State};
+use crate::config::Config;
+use crate::protocol::{REQUEST_ID_HEADER, TUNNEL_HEADER};
+use crate::registry::{Agent, InFlight};
+use crate::shutdown::signalled;
+
+/// Which timeout applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Any path: `timeouts.direct`.
+    Direct,
+    /// `POST /forward`: `timeouts.forward`, path from `X-Forward-Path` or `?path=`.
+    Forward,
+}
+
+/// What the Host header says about routing.
+pub enum HostRoute {
+    /// Not a tunnel host: the gateway's own routes apply.
+    Gateway,
+    Tunnel(String),
+    UnknownTunnel(String),
+}
+
+const FORWARD_PATH_HEADER: &str = "x-forward-path";
+
+/// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The upstream connection bound to one public connection.
+#[derive(Default)]
+pub struct BoundSlot(Mutex<Option<Bound>>);
+
+struct Bound {
+    tunnel: String,
+    agent: Arc<Agent>,
+    sender: SendRequest<Incoming>,
+}
+
+impl BoundSlot {
+    fn take_for(&self, tunnel: &str) -> Option<Bound> {
+        let mut slot = self.0.lock().ok()?;
+        match slot.take() {
+            Some(b) if b.tunnel == tunnel && b.agent.is_available() && !b.sender.is_closed() => {
+                Some(b)
+            }
+            // Another tunnel, or an agent that is leaving: drop it (closes the stream).
+            _ => None,
+        }
+    }
+
+    fn put(&self, bound: Bound) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(bound);
+        }
+    }
+
+    /// Drops the bound connection if it belongs to an agent that is leaving.
+    fn release_if_unavailable(&self) {
+        if let Ok(mut slot) = self.0.lock()
+            && slot.as_ref().is_some_and(|b| !b.agent.is_available())
+        {
+            *slot = None;
+        }
+    }
+}
+
+pub fn route_by_host<B>(config: &Config, req: &Request<B>) -> HostRoute {
+    let Some(domain) = config.server.public_domain.as_deref() else {
+        return HostRoute::Gateway;
+    };
+    let Some(host) = host_of(req) else {
+        return HostRoute::Gateway;
+    };
+    let host = host.to_ascii_lowercase();
+    match host
+        .strip_suffix(domain)
+        .and_then(|rest| rest.strip_suffix('.'))
+    {
+        Some(label) if config.tunnel(label).is_some() => HostRoute::Tunnel(label.to_owned()),
+        Some(label) => HostRoute::UnknownTunnel(label.to_owned()),
+        None => HostRoute::Gateway,
+    }
+}
+
+/// Host without port, from the Host header or the absolute URI.
+fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())?;
+    Some(match raw.find(']') {
+        Some(end) => &raw[..=end], // [::1]:3000
+        None => raw.split(':').next().unwrap_or(raw),
+    })
+}
+
+/// The client's `X-Request-Id` when it is sane, else a new one.
+pub fn request_id<B>(req: &Request<B>) -> HeaderValue {
+    req.headers()
+        .get(REQUEST_ID_HEADER)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
+                .unwrap_or(HeaderValue::from_static("-"))
+        })
+}
+
+fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Proxies one request. `host_tunnel` is the tunnel the Host header named, if any.
+pub async fn handle(
+    state: &Arc<State>,
+    config: &Arc<Config>,
+    ctx: &ConnCtx,
+    req: Request<Incoming>,
+    kind: Kind,
+    host_tunnel: Option<String>,
+) -> Response<Body> {
+    let id = request_id(&req);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id.to_str().unwrap_or("-"),
+        method = %req.method(),
+        path = %req.uri().path(),
+        peer = %ctx.peer,
+    );
+    let started = Instant::now();
+    async move {
+        let (resp, agent) = match proxy(state, config, ctx, req, kind, host_tunnel, &id).await {
+            Ok(ok) => ok,
+            Err((kind, req_headers)) => {
+                let resp = kind.response(&req_headers, &id);
+                tracing::info!(
+                    target: "gateway::access",
+                    status = resp.status().as_u16(),
+                    error = kind.code(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "request failed"
+                );
+                return resp;
+            }
+        };
+        tracing::info!(
+            target: "gateway::access",
+            status = resp.status().as_u16(),
+            agent = %agent,
+            ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+/// The error and a request-shaped value carrying the client's headers (for content
+/// negotiation of the error body).
+type Failure = (ErrorKind, Request<()>);
+
+async fn proxy(
+    state: &Arc<State>,
+    config: &Arc<Config>,
+    ctx: &ConnCtx,
+    mut req: Request<Incoming>,
+    kind: Kind,
+    host_tunnel: Option<String>,
+    id: &HeaderValue,
+) -> Result<(Response<Body>, String), Failure> {
+    let fail = |e: ErrorKind, headers: &HeaderMap| {
+        let mut r = Request::new(());
+        *r.headers_mut() = headers.clone();
+        (e, r)
+    };
+
+    let tunnel = host_tunnel
+        .or_else(|| match kind {
+            Kind::Forward => query_param(req.uri(), "tunnel"),
+            Kind::Direct => None,
+        })
+        .or_else(|| {
+            req.headers()
+                .get(TUNNEL_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.trim().to_ascii_lowercase())
+        })
+        .or_else(|| config.default_tunnel().map(str::to_owned));
+    let Some(tunnel) = tunnel else {
+        return Err(fail(ErrorKind::NoTunnel, req.headers()));
+    };
+    let Some(tunnel_cfg) = config.tunnel(&tunnel) else {
+        return Err(fail(ErrorKind::UnknownTunnel(tunnel), req.headers()));
+    };
+    tracing::Span::current().record("tunnel", tunnel.as_str());
+
+    let timeout = match kind {
+        Kind::Direct => config.timeouts.direct,
+        Kind::Forward => config.timeouts.forward,
+    };
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_headers = req.headers().clone();
+
+    // The upstream request: origin-form URI, headers for the next hop.
+    let target = match kind {
+        Kind::Direct => req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned()),
+        Kind::Forward => forward_target(&req),
+    };
+    let Ok(uri) = Uri::try_from(target.as_str()) else {
+        return Err(fail(ErrorKind::NoTunnel, &client_headers));
+    };
+    *req.uri_mut() = uri;
+    *req.version_mut() = http::Version::HTTP_11;
+    let original_host = req.headers().get(header::HOST).cloned();
+    prepare_request_headers(req.headers_mut(), ctx, id, upgrade);
+
+    let rewrite_host = tunnel_cfg.rewrite_host;
+    let attempt = async {
+        let mut req = req;
+        // One retry: a reused keep-alive stream may have been closed by the upstream
+        // just as we picked it; hyper then hands the request back unsent.
+        for _ in 0..2 {
+            let (mut bound, fresh) = acquire(state, ctx, &tunnel, upgrade).await?;
+            if rewrite_host
+                && let Some(h) = bound.agent.upstream.as_deref().and_then(upstream_authority)
+                && let Ok(v) = HeaderValue::from_str(h)
+            {
+                req.headers_mut().insert(header::HOST, v);
+            } else if let Some(h) = &original_host {
+                req.headers_mut().insert(header::HOST, h.clone());
+            }
+            let in_flight = bound.agent.begin_request();
+            match bound.sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, bound, in_flight)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) if !fresh => {
+                        req = back;
+                        continue;
+                    }
+                    _ => {
+                        tracing::warn!(error = %e.into_error(), agent = %bound.agent.connection_id, "upstream request failed");
+                        return Err(ErrorKind::AgentLost);
+                    }
+                },
+            }
+        }
+        Err(ErrorKind::AgentLost)
+    };
+    let (mut resp, bound, in_flight) = match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return Err(fail(e, &client_headers)),
+        Err(_) => return Err(fail(ErrorKind::Timeout(timeout), &client_headers)),
+    };
+    let agent_id = bound.agent.connection_id.clone();
+
+    if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let shutdown = state.shutdown.clone();
+            tokio::spawn(
+                join_upgraded(client_upgrade, upstream_upgrade, in_flight, shutdown)
+                    .instrument(tracing::Span::current()),
+            );
+        }
+        let (parts, _) = resp.into_parts();
+        let mut out = Response::from_parts(parts, Body::empty());
+        out.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+        return Ok((out, agent_id));
+    }
+
+    if !upgrade {
+        ctx.bound.put(bound);
+    }
+    let (mut parts, body) = resp.into_parts();
+    parts.version = http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(REQUEST_ID_HEADER, id.clone());
+    let body = TrackedBody {
+        inner: body,
+        _in_flight: in_flight,
+        slot: ctx.bound.clone(),
+    };
+    Ok((Response::from_parts(parts, Body::new(body)), agent_id))
+}
+
+/// A sender to the tunnel's upstream: the one bound to this connection when it can
+/// be reused, else a new stream on the least busy agent. `true` when new.
+async fn acquire(
+    state: &Arc<State>,
+    ctx: &ConnCtx,
+    tunnel: &str,
+    upgrade: bool,
+) -> Result<(Bound, bool), ErrorKind> {
+    if !upgrade
+        && let Some(mut bound) = ctx.bound.take_for(tunnel)
+        && bound.sender.ready().await.is_ok()
+    {
+        return Ok((bound, false));
+    }
+    let agent = state
+        .registry
+        .select(tunnel)
+        .ok_or_else(|| ErrorKind::NoAgent(tunnel.to_owned()))?;
+    let stream = agent.opener.open().await.map_err(|e| {
+        tracing::warn!(error = %e, agent = %agent.connection_id, "cannot open a stream");
+        ErrorKind::AgentLost
+    })?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "upstream handshake failed");
+            ErrorKind::AgentLost
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok((
+        Bound {
+            tunnel: tunnel.to_owned(),
+            agent,
+            sender,
+        },
+        true,
+    ))
+}
+
+fn forward_target(req: &Request<Incoming>) -> String {
+    let from_header = req
+        .headers()
+        .get(FORWARD_PATH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let path = from_header
+        .or_else(|| query_param(req.uri(), "path"))
+        .unwrap_or_else(|| "/".to_owned());
+    if path.starts_with('/') {
+        path
+    } else {
+        format!("/{path}")
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in named.iter().chain(HOP_BY_HOP) {
+        headers.remove(h);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    ctx: &ConnCtx,
+    id: &HeaderValue,
+    upgrade: bool,
+) {
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(headers);
+    if upgrade && let Some(u) = upgrade_value {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    headers.remove(TUNNEL_HEADER);
+    headers.remove(FORWARD_PATH_HEADER);
+    let peer_ip = ctx.peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {peer_ip}"),
+        None => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key("x-forwarded-host")
+        && let Some(h) = headers.get(header::HOST).cloned()
+    {
+        headers.insert("x-forwarded-host", h);
+    }
+    headers.insert(REQUEST_ID_HEADER, id.clone());
+}
+
+/// `host:port` of an upstream URL such as `http://127.0.0.1:8000`.
+fn upstream_authority(upstream: &str) -> Option<&str> {
+    let rest = upstream.split_once("://").map_or(upstream, |(_, r)| r);
+    rest.split('/').next().filter(|s| !s.is_empty())
+}
+
+async fn join_upgraded(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _in_flight: InFlight,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match res {
+            Ok((up, down)) => tracing::debug!(bytes_up = up, bytes_down = down, "upgraded connection closed"),
+            Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+        },
+        _ = signalled(&mut shutdown) => tracing::debug!("upgraded connection closed by shutdown"),
+    }
+}
+
+/// The upstream's response body, passed through frame by frame. While it lives the
+/// request counts as in flight on its agent; when it ends, a bound stream to an
+/// agent that has started draining is released, so the agent can finish.
+struct TrackedBody {
+    inner: Incoming,
+    _in_flight: InFlight,
+    slot: Arc<BoundSlot>,
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.slot.release_if_unavailable();
+    }
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,40 @@
+//! gateway: a self-hosted HTTP tunnel.
+//!
+//! Agents next to private web apps dial out to the gateway over WebSocket; the
+//! gateway checks their tunnel IDs and tokens, and proxies public HTTP requests to
+//! them over yamux streams carried by that WebSocket. The gateway is the only end
+//! that understands HTTP; the agent splices bytes to its local upstream.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML/env/flag layers, typed and validated (timeouts live here).
+//! - [`telemetry`]: tracing to stderr and rolling files.
+//! - [`systemd`]: `READY=1`, `STOPPING=1`, watchdog.
+//! - [`shutdown`]: the watch channel every task listens to, and the drain.
+//! - [`gateway`]: the HTTP surface: accept loop, own endpoints, `/ws`, the proxy.
+//! - [`registry`]: connected agents (DashMap) and agent selection.
+//! - [`transport`]: WebSocket as a byte stream, yamux sessions, stream I/O.
+//! - [`protocol`]: the wire constants both ends share.
+//! - [`agent`]: the other end, `gateway-agent`.
+//!
+//! The binaries in `src/bin/` only parse flags, load the config, call into here and
+//! turn errors into one line and an exit code.
+
+pub mod agent;
+pub mod config;
+pub mod gateway;
+pub mod protocol;
+pub mod registry;
+pub mod shutdown;
+pub mod systemd;
+pub mod telemetry;
+pub mod transport;
+
+pub use config::Config;
+pub use gateway::Gateway;
+pub use shutdown::Shutdown;
+
+/// Exit code for a bad configuration (EX_CONFIG).
+pub const EXIT_CONFIG: i32 = 78;
+/// Exit code for bad command-line usage (EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;

@@ -1,0 +1,193 @@
+//! The registry of connected agents: a `DashMap` by connection ID, and an index by
+//! tunnel for selection.
+//!
+//! Selection picks, among the non-draining agents of a tunnel, the one with the
+//! fewest requests in flight. Guards are held only while the map is read: every
+//! lookup clones an `Arc<Agent>` out and releases the shard before any `.await`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::transport::{Opener, Signals};
+
+/// One connected agent.
+#[derive(Debug)]
+pub struct Agent {
+    pub connection_id: String,
+    pub tunnel: String,
+    pub peer: SocketAddr,
+    /// What the agent says it forwards to (display only).
+    pub upstream: Option<String>,
+    pub connected_at: SystemTime,
+    pub opener: Opener,
+    pub signals: Arc<Signals>,
+    in_flight: AtomicUsize,
+    total: AtomicU64,
+    draining: AtomicBool,
+    /// Fires when the gateway wants this session closed (tunnel revoked by a reload).
+    pub evicted: Notify,
+}
+
+impl Agent {
+    pub fn new(
+        connection_id: String,
+        tunnel: String,
+        peer: SocketAddr,
+        upstream: Option<String>,
+        opener: Opener,
+        signals: Arc<Signals>,
+    ) -> Self {
+        Agent {
+            connection_id,
+            tunnel,
+            peer,
+            upstream,
+            connected_at: SystemTime::now(),
+            opener,
+            signals,
+            in_flight: AtomicUsize::new(0),
+            total: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            evicted: Notify::new(),
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request until the returned guard is dropped.
+    pub fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Whether new streams may go to this agent.
+    pub fn is_available(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && !self.opener.is_closed()
+    }
+
+    /// Stops routing to this agent and closes its session.
+    pub fn evict(&self) {
+        self.set_draining();
+        self.evicted.notify_one();
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn info(&self) -> AgentInfo {
+        AgentInfo {
+            connection_id: self.connection_id.clone(),
+            tunnel: self.tunnel.clone(),
+            connected_at: rfc3339(self.connected_at),
+            peer: self.peer.to_string(),
+            upstream: self.upstream.clone(),
+            requests_in_flight: self.in_flight(),
+            requests_total: self.total.load(Ordering::Relaxed),
+            draining: self.draining.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// A request in flight on an agent.
+#[derive(Debug)]
+pub struct InFlight(Arc<Agent>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What `/connections` shows of an agent.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct AgentInfo {
+    pub connection_id: String,
+    pub tunnel: String,
+    pub connected_at: String,
+    pub peer: String,
+    pub upstream: Option<String>,
+    pub requests_in_flight: usize,
+    pub requests_total: u64,
+    pub draining: bool,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    by_id: DashMap<String, Arc<Agent>>,
+    by_tunnel: DashMap<String, Vec<Arc<Agent>>>,
+}
+
+impl Registry {
+    pub fn insert(&self, agent: Arc<Agent>) {
+        self.by_tunnel
+            .entry(agent.tunnel.clone())
+            .or_default()
+            .push(agent.clone());
+        self.by_id.insert(agent.connection_id.clone(), agent);
+    }
+
+    pub fn remove(&self, connection_id: &str) -> Option<Arc<Agent>> {
+        let (_, agent) = self.by_id.remove(connection_id)?;
+        let mut now_empty = false;
+        if let Some(mut list) = self.by_tunnel.get_mut(&agent.tunnel) {
+            list.retain(|a| a.connection_id != connection_id);
+            now_empty = list.is_empty();
+        }
+        if now_empty {
+            self.by_tunnel.remove_if(&agent.tunnel, |_, l| l.is_empty());
+        }
+        Some(agent)
+    }
+
+    pub fn get(&self, connection_id: &str) -> Option<Arc<Agent>> {
+        self.by_id.get(connection_id).map(|a| a.clone())
+    }
+
+    /// The available agent of `tunnel` with the fewest requests in flight.
+    pub fn select(&self, tunnel: &str) -> Option<Arc<Agent>> {
+        let list = self.by_tunnel.get(tunnel)?;
+        list.iter()
+            .filter(|a| a.is_available())
+            .min_by_key(|a| a.in_flight())
+            .cloned()
+    }
+
+    /// Every agent of `tunnel`.
+    pub fn agents_of(&self, tunnel: &str) -> Vec<Arc<Agent>> {
+        self.by_tunnel
+            .get(tunnel)
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// All agents, oldest first.
+    pub fn list(&self) -> Vec<AgentInfo> {
+        let mut agents: Vec<Arc<Agent>> = self.by_id.iter().map(|e| e.value().clone()).collect();
+        agents.sort_by_key(|a| a.connected_at);
+        agents.iter().map(|a| a.info()).collect()
+    }
+}
