@@ -546,7 +546,12 @@ where
     match value.clone().try_deserialize::<T>() {
         Ok(v) => v,
         Err(e) => {
-            problems.push(describe_value_error(name, &table, &e.to_string()));
+            problems.extend(bad_keys::<T>(
+                name,
+                &table,
+                &config::Map::new(),
+                &e.to_string(),
+            ));
             T::default()
         }
     }
@@ -575,34 +580,54 @@ fn tunnels(value: &config::Value, problems: &mut Vec<String>) -> Vec<TunnelConfi
         }
         match item.try_deserialize::<TunnelConfig>() {
             Ok(t) => out.push(t),
-            Err(e) => problems.push(describe_value_error(&name, &table, &e.to_string())),
+            Err(e) => {
+                // `id` is required: test every other key next to a valid one.
+                let mut base = config::Map::new();
+                base.insert("id".to_owned(), config::Value::from("x"));
+                problems.extend(bad_keys::<TunnelConfig>(
+                    &name,
+                    &table,
+                    &base,
+                    &e.to_string(),
+                ));
+            }
         }
     }
     out
 }
 
-/// Turns a serde message into "<section>.<key> = <value> is invalid: <why>" when the
-/// key can be found in the message, else "<section>: <why>".
-fn describe_value_error(
+/// Finds which keys of a table that failed to deserialize are at fault, by trying
+/// each key alone on top of `base` (every other field has a default), and words one
+/// problem per bad key: "<section>.<key> = <value> is invalid: <expected>".
+fn bad_keys<T: for<'de> Deserialize<'de>>(
     section: &str,
     table: &config::Map<String, config::Value>,
-    message: &str,
-) -> String {
-    let message = clean_message(message);
+    base: &config::Map<String, config::Value>,
+    whole_error: &str,
+) -> Vec<String> {
+    let mut found = Vec::new();
     for (key, value) in table {
-        if message.contains(&format!("`{key}`")) || message.contains(&format!("key `{key}")) {
-            return format!(
+        let mut alone = base.clone();
+        alone.insert(key.clone(), value.clone());
+        if let Err(e) = config::Value::from(alone).try_deserialize::<T>() {
+            found.push(format!(
                 "{section}.{key} = {} is invalid: {}",
                 show_value(value),
-                expected_for(section, key, &message)
-            );
+                expected_for(section, key, &clean_message(&e.to_string()))
+            ));
         }
     }
-    if let Some(key) = message.strip_prefix("missing field `") {
-        let key = key.trim_end_matches('`');
-        return format!("{section}.{key} is missing: it is required");
+    if found.is_empty() {
+        let message = clean_message(whole_error);
+        found.push(match message.strip_prefix("missing field `") {
+            Some(key) => format!(
+                "{section}.{} is missing: it is required",
+                key.trim_end_matches('`')
+            ),
+            None => format!("{section}: {message}"),
+        });
     }
-    format!("{section}: {message}")
+    found
 }
 
 fn show_value(v: &config::Value) -> String {

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-#[derive(Debug)]
+/// Cloning gives another handle on the same channel (clones are not receivers, so
+/// they do not hold up the drain).
+#[derive(Debug, Clone)]
 pub struct Shutdown {
     tx: watch::Sender<bool>,
 }

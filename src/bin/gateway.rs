@@ -86,6 +86,18 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, config: Config) -> ExitCode {
+    // Handlers first: a SIGTERM that arrives right after READY=1 must drain, not kill.
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            eprintln!("error: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     let telemetry = match telemetry::init(&config.log) {
         Ok(t) => t,
         Err(e) => {
@@ -125,18 +137,6 @@ async fn run(cli: Cli, config: Config) -> ExitCode {
     tracing::info!(%bound, %tunnels, version = env!("CARGO_PKG_VERSION"), "listening on {bound}");
     systemd::ready(&format!("listening on {bound}"));
     tokio::spawn(systemd::watchdog(shutdown.subscribe()));
-
-    let (mut term, mut int, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
-            eprintln!("error: cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
 
     let serve = gateway.serve(listener, &shutdown);
     tokio::pin!(serve);

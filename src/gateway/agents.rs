@@ -119,7 +119,7 @@ pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> R
     let heartbeat = config.timeouts.heartbeat;
     let grace = config.timeouts.shutdown_grace;
     let session_state = state.clone();
-    let mut shutdown = state.shutdown.clone();
+    let mut shutdown = state.shutdown.subscribe();
     let hello = Hello {
         kind: "hello".into(),
         version: protocol::PROTOCOL_VERSION,

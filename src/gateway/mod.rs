@@ -39,7 +39,7 @@ pub struct State {
     pub registry: Registry,
     started: Instant,
     draining: AtomicBool,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 }
 
 impl State {
@@ -84,7 +84,7 @@ impl Gateway {
             registry: Registry::default(),
             started: Instant::now(),
             draining: AtomicBool::new(false),
-            shutdown: shutdown.subscribe(),
+            shutdown: shutdown.clone(),
         });
         let router = routes::router(state.clone());
         Gateway { state, router }

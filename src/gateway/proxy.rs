@@ -329,7 +329,7 @@ async fn proxy(
     if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let shutdown = state.shutdown.clone();
+            let shutdown = state.shutdown.subscribe();
             tokio::spawn(
                 join_upgraded(client_upgrade, upstream_upgrade, in_flight, shutdown)
                     .instrument(tracing::Span::current()),

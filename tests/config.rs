@@ -1,0 +1,225 @@
+//! Configuration layering and validation, through the library's loader.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gateway::config::{Config, ConfigError, LogFormat, Overrides, Rotation};
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn load(
+    toml: &str,
+    env_pairs: &[(&str, &str)],
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    Config::load_str(Some(toml), None, &env(env_pairs), overrides)
+}
+
+fn problems(toml: &str) -> Vec<String> {
+    load(toml, &[], &Overrides::default())
+        .expect_err("config should be refused")
+        .problems()
+}
+
+const BASE: &str = r#"
+[server]
+port = 4100
+[timeouts]
+forward = "7s"
+[[tunnels]]
+id = "laravel"
+"#;
+
+#[test]
+fn file_then_env_then_flag() {
+    let c = load(BASE, &[], &Overrides::default()).unwrap();
+    assert_eq!(c.server.port, 4100);
+    assert_eq!(c.timeouts.forward, Duration::from_secs(7));
+    assert_eq!(c.timeouts.direct, Duration::from_secs(30), "default kept");
+
+    let c = load(
+        BASE,
+        &[
+            ("GATEWAY_SERVER__PORT", "4200"),
+            ("GATEWAY_TIMEOUTS__FORWARD", "1m 30s"),
+        ],
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.server.port, 4200, "env overrides the file");
+    assert_eq!(c.timeouts.forward, Duration::from_secs(90));
+
+    let flags = Overrides {
+        port: Some(4300),
+        host: Some("0.0.0.0".parse().unwrap()),
+        log_level: Some("debug".into()),
+    };
+    let c = load(BASE, &[("GATEWAY_SERVER__PORT", "4200")], &flags).unwrap();
+    assert_eq!(c.server.port, 4300, "the flag overrides env and file");
+    assert_eq!(c.server.host.to_string(), "0.0.0.0");
+    assert_eq!(c.log.level, "debug");
+}
+
+#[test]
+fn unrelated_gateway_variables_are_not_keys() {
+    // GATEWAY_CONFIG names the file and GATEWAY_AGENT_TOKEN belongs to the agent.
+    let c = load(
+        BASE,
+        &[
+            ("GATEWAY_CONFIG", "/etc/x.toml"),
+            ("GATEWAY_AGENT_TOKEN", "t"),
+        ],
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.server.port, 4100);
+}
+
+#[test]
+fn defaults_without_a_file_serve_demo() {
+    let c = Config::load(None, &BTreeMap::new(), &Overrides::default()).unwrap();
+    assert_eq!(c.server.addr().to_string(), "127.0.0.1:3000");
+    assert_eq!(c.tunnel_ids(), vec!["demo"]);
+    assert_eq!(c.default_tunnel(), Some("demo"));
+    assert!(!c.tunnels[0].requires_token());
+    assert_eq!(c.log.rotation, Rotation::Daily);
+    assert_eq!(c.log.format, LogFormat::Text);
+}
+
+#[test]
+fn bad_value_names_key_value_and_expectation() {
+    let p = problems("[server]\nport = \"eighty\"\n[[tunnels]]\nid = \"a\"\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("server.port"), "{p:?}");
+    assert!(p[0].contains("eighty"), "{p:?}");
+    assert!(p[0].contains("port number"), "{p:?}");
+
+    let p = problems("[timeouts]\ndirect = \"soon\"\n[[tunnels]]\nid = \"a\"\n");
+    assert!(
+        p[0].contains("timeouts.direct") && p[0].contains("soon") && p[0].contains("duration"),
+        "{p:?}"
+    );
+
+    let p = problems("[log]\nrotation = \"weekly\"\n[[tunnels]]\nid = \"a\"\n");
+    assert!(
+        p[0].contains("log.rotation") && p[0].contains("weekly") && p[0].contains("daily"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn unknown_key_suggests_the_nearest() {
+    let p = problems("[server]\nprot = 3000\n[[tunnels]]\nid = \"a\"\n");
+    assert!(
+        p[0].contains("server.prot") && p[0].contains("did you mean \"port\""),
+        "{p:?}"
+    );
+
+    let p = problems("[timeout]\nforward = \"1s\"\n[[tunnels]]\nid = \"a\"\n");
+    assert!(
+        p[0].contains("\"timeout\"") && p[0].contains("timeouts"),
+        "{p:?}"
+    );
+
+    let p = problems("[[tunnels]]\nid = \"a\"\ntokne = \"x\"\n");
+    assert!(
+        p[0].contains("tunnels[0].tokne") && p[0].contains("token"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn duplicate_and_malformed_tunnels() {
+    let p = problems("[[tunnels]]\nid = \"app\"\n[[tunnels]]\nid = \"app\"\n");
+    assert!(
+        p.iter()
+            .any(|m| m.contains("duplicate") && m.contains("app")),
+        "{p:?}"
+    );
+
+    let p = problems("[[tunnels]]\nid = \"My_App\"\n");
+    assert!(
+        p.iter()
+            .any(|m| m.contains("tunnels[0].id") && m.contains("My_App")),
+        "{p:?}"
+    );
+
+    let p = problems("[[tunnels]]\nid = \"a\"\ntoken = \"x\"\ntoken_sha256 = \"00\"\n");
+    assert!(
+        p.iter().any(|m| m.contains("both token and token_sha256")),
+        "{p:?}"
+    );
+    assert!(p.iter().any(|m| m.contains("64 hex digits")), "{p:?}");
+
+    let p = problems("[server]\nport = 1\n");
+    assert!(
+        p.iter().any(|m| m.contains("no tunnels are configured")),
+        "{p:?}"
+    );
+
+    let p = problems("[server]\ndefault_tunnel = \"nope\"\n[[tunnels]]\nid = \"a\"\n");
+    assert!(
+        p.iter()
+            .any(|m| m.contains("default_tunnel") && m.contains("nope")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported() {
+    let p = problems(
+        "[server]\nport = \"x\"\n[timeouts]\nforward = \"never\"\n[log]\nformat = \"xml\"\n[[tunnels]]\nid = \"A\"\n[[tunnels]]\nid = \"b\"\ncolour = 1\n",
+    );
+    for needle in [
+        "server.port",
+        "timeouts.forward",
+        "log.format",
+        "tunnels[0].id",
+        "tunnels[1].colour",
+    ] {
+        assert!(
+            p.iter().any(|m| m.contains(needle)),
+            "missing {needle} in {p:?}"
+        );
+    }
+}
+
+#[test]
+fn invalid_toml_is_reported() {
+    let p = problems("[server\nport = 1\n");
+    assert_eq!(p.len(), 1);
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let e = Config::load(
+        Some(std::path::Path::new("/nonexistent/gateway.toml")),
+        &BTreeMap::new(),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("cannot read config file /nonexistent/gateway.toml"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn masked_output_hides_tokens() {
+    let c = load(
+        "[[tunnels]]\nid = \"a\"\ntoken = \"hunter2hunter2\"\n",
+        &[],
+        &Overrides::default(),
+    )
+    .unwrap();
+    let shown = c.to_masked_toml();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("***"), "{shown}");
+    assert!(format!("{c:?}").contains("***") && !format!("{c:?}").contains("hunter2"));
+}

@@ -1,0 +1,500 @@
+//! The real `gateway` binary: start on port 0, read the bound address from its log,
+//! systemd notifications on a real datagram socket, signals, exit codes, log files.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gateway::agent::AgentConfig;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gateway");
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "gateway-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running gateway process whose stderr is collected line by line.
+struct Daemon {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn gateway");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Daemon { child, lines }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Waits (polling, 15 s at most) for a log line containing `needle`.
+    fn wait_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            if Instant::now() > deadline {
+                panic!("no log line containing {needle:?}; got:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// The address from the "listening on ADDR" line.
+    fn addr(&self) -> SocketAddr {
+        let line = self.wait_line("listening on ");
+        let rest = line.split("listening on ").nth(1).expect("address");
+        rest.split(|c: char| !(c.is_ascii_alphanumeric() || ".:[]".contains(c)))
+            .next()
+            .expect("address")
+            .parse()
+            .expect("socket address")
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for exit (bounded); returns the exit code and how long it took.
+    fn wait_exit(&mut self, within: Duration) -> (i32, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader thread drain the pipe.
+                std::thread::sleep(Duration::from_millis(50));
+                return (status.code().unwrap_or(-1), start.elapsed());
+            }
+            if start.elapsed() > within {
+                let _ = self.child.kill();
+                panic!(
+                    "gateway did not exit within {within:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_to_end(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("GATEWAY_CONFIG")
+        .output()
+        .expect("run gateway");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn agent_for(addr: SocketAddr, tunnel: &str, upstream: &str) -> AgentConfig {
+    AgentConfig {
+        gateway: format!("ws://{addr}/ws"),
+        tunnel: tunnel.into(),
+        token: None,
+        upstream: upstream.into(),
+        grace: Duration::from_secs(5),
+    }
+}
+
+#[tokio::test]
+async fn defaults_health_and_sigterm_exit_zero() {
+    let mut d = Daemon::spawn(&["--port", "0"], &[]);
+    let addr = d.addr();
+    d.wait_line("running on built-in defaults");
+    let resp = client()
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["agents"], 0);
+    assert!(body["version"].is_string() && body["uptime_secs"].is_number());
+
+    // Without an agent, proxied routes say so.
+    let resp = client()
+        .get(format!("http://{addr}/about"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.text().await.unwrap().contains("No agents available"));
+
+    d.signal("TERM");
+    let (code, took) = d.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, 0, "log:\n{}", d.log());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    d.wait_line("shutdown complete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_in_flight_at_sigterm_completes() {
+    let up = TestUpstream::start().await;
+    let mut d = Daemon::spawn(&["--port", "0"], &[]);
+    let addr = d.addr();
+    let agent = gateway::agent::connect(&agent_for(addr, "demo", &up.url()))
+        .await
+        .unwrap();
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let upstream = gateway::agent::Upstream::parse(&up.url()).unwrap();
+    let agent_task = tokio::spawn(agent.serve(upstream, rx, Duration::from_secs(5)));
+
+    let slow = tokio::spawn(async move {
+        client()
+            .post(format!("http://{addr}/slow?ms=1500"))
+            .body("payload")
+            .send()
+            .await
+    });
+    // Wait until the request is really in flight at the agent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: serde_json::Value = client()
+            .get(format!("http://{addr}/connections"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list[0]["requests_in_flight"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "request never in flight: {list}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    d.signal("TERM");
+    let resp = slow.await.unwrap().expect("slow request completes");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "slow done payload");
+    let (code, _) = tokio::task::spawn_blocking(move || {
+        let r = d.wait_exit(Duration::from_secs(15));
+        (r, d)
+    })
+    .await
+    .map(|(r, d)| {
+        assert!(d.log().contains("SIGTERM received"), "{}", d.log());
+        r
+    })
+    .unwrap();
+    assert_eq!(code, 0);
+    // The gateway closed the agent's session (close frame 1001) once its request was done.
+    let end = tokio::time::timeout(Duration::from_secs(10), agent_task)
+        .await
+        .expect("agent session ends with the gateway")
+        .unwrap();
+    assert_ne!(
+        end,
+        gateway::transport::SessionEnd::Drained {
+            unfinished_streams: 1
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_exits_at_once() {
+    let up = TestUpstream::start().await;
+    let dir = TempDir::new();
+    let cfg = dir.write(
+        "g.toml",
+        "[timeouts]\nshutdown_grace = \"60s\"\n[[tunnels]]\nid = \"demo\"\n",
+    );
+    let mut d = Daemon::spawn(&["--port", "0", "--config", cfg.to_str().unwrap()], &[]);
+    let addr = d.addr();
+    let _agent = {
+        let c = gateway::agent::connect(&agent_for(addr, "demo", &up.url()))
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let upstream = gateway::agent::Upstream::parse(&up.url()).unwrap();
+        (
+            tokio::spawn(c.serve(upstream, rx, Duration::from_secs(5))),
+            tx,
+        )
+    };
+    let slow = tokio::spawn(async move {
+        client()
+            .get(format!("http://{addr}/slow?ms=30000"))
+            .send()
+            .await
+    });
+    d.wait_line("agent connected");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("agent connected") || {
+        let l: serde_json::Value = client()
+            .get(format!("http://{addr}/connections"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        l[0]["requests_in_flight"].as_u64() != Some(1)
+    } {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    d.signal("TERM");
+    d.wait_line("draining");
+    d.signal("TERM");
+    let (code, took) = tokio::task::spawn_blocking(move || d.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(took < Duration::from_secs(5), "exit took {took:?}");
+    slow.abort();
+}
+
+#[test]
+fn ready_and_stopping_reach_notify_socket() {
+    let dir = TempDir::new();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut d = Daemon::spawn(
+        &["--port", "0"],
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 1024];
+    let n = sock.recv(&mut buf).expect("a notification within 15 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
+    assert!(msg.contains("STATUS=listening on 127.0.0.1:"), "{msg}");
+    // READY=1 came after the bind: the port accepts connections now.
+    let addr = d.addr();
+    std::net::TcpStream::connect(addr).expect("port accepts once READY=1 is sent");
+
+    d.signal("TERM");
+    let n = sock.recv(&mut buf).expect("STOPPING=1 within 15 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.lines().any(|l| l == "STOPPING=1"), "{msg}");
+    let (code, _) = d.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn busy_port_is_one_clear_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, _, stderr) = run_to_end(&["--port", &port]);
+    assert_ne!(code, 0);
+    let expected = format!(
+        "error: cannot listen on 127.0.0.1:{port}: address already in use; stop the other process or choose another port with --port or server.port"
+    );
+    assert!(stderr.lines().any(|l| l == expected), "stderr:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.example.toml");
+    let (code, stdout, stderr) = run_to_end(&["--check", "--config", example]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(
+        stdout.contains("[server]") && stdout.contains("[[tunnels]]"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_lists_every_problem_and_exits_78() {
+    let dir = TempDir::new();
+    let cfg = dir.write(
+        "broken.toml",
+        "[server]\nprot = 3000\n[timeouts]\ndirect = \"forever\"\n[[tunnels]]\nid = \"Bad Id\"\n[[tunnels]]\nid = \"ok\"\n[[tunnels]]\nid = \"ok\"\n",
+    );
+    let (code, stdout, stderr) = run_to_end(&["--check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 78, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for needle in [
+        "invalid configuration in",
+        "unknown key \"server.prot\": did you mean \"port\"?",
+        "timeouts.direct = \"forever\" is invalid",
+        "tunnels[0].id = \"Bad Id\" is invalid",
+        "tunnels[2].id = \"ok\" is a duplicate",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn check_masks_secrets_and_bad_usage_is_64() {
+    let dir = TempDir::new();
+    let cfg = dir.write(
+        "g.toml",
+        "[[tunnels]]\nid = \"app\"\ntoken = \"very-secret-token\"\n",
+    );
+    let (code, stdout, _) = run_to_end(&["--check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        !stdout.contains("very-secret-token") && stdout.contains("***"),
+        "{stdout}"
+    );
+
+    let (code, _, stderr) = run_to_end(&["--no-such-flag"]);
+    assert_eq!(code, 64, "{stderr}");
+    let (code, _, stderr) = run_to_end(&["--port", "notaport"]);
+    assert_eq!(code, 64, "{stderr}");
+    let (code, stdout, _) = run_to_end(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn log_file_is_written_and_flushed() {
+    let dir = TempDir::new();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let cfg = dir.write(
+        "g.toml",
+        &format!(
+            "[log]\ndirectory = {:?}\nrotation = \"never\"\nformat = \"json\"\n[[tunnels]]\nid = \"demo\"\n",
+            logs.to_str().unwrap()
+        ),
+    );
+    let mut d = Daemon::spawn(&["--port", "0", "--config", cfg.to_str().unwrap()], &[]);
+    let addr = d.addr();
+    let resp = client()
+        .get(format!("http://{addr}/anything"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["x-request-id"], "trace-me-42");
+    d.signal("TERM");
+    let (code, _) = tokio::task::spawn_blocking(move || d.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let text = std::fs::read_to_string(logs.join("gateway.log")).expect("log file exists");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().any(|l| l.contains("listening on")), "{text}");
+    assert!(
+        lines.iter().any(|l| l.contains("trace-me-42")),
+        "request id in the log: {text}"
+    );
+    for l in &lines {
+        serde_json::from_str::<serde_json::Value>(l)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_tunnels() {
+    let up = TestUpstream::start().await;
+    let dir = TempDir::new();
+    let cfg = dir.write("g.toml", "[[tunnels]]\nid = \"one\"\n");
+    let d = Daemon::spawn(&["--port", "0", "--config", cfg.to_str().unwrap()], &[]);
+    let addr = d.addr();
+    let refused = gateway::agent::connect(&agent_for(addr, "two", &up.url())).await;
+    assert!(refused.is_err(), "tunnel two is not configured yet");
+
+    dir.write(
+        "g.toml",
+        "[[tunnels]]\nid = \"one\"\n[[tunnels]]\nid = \"two\"\n",
+    );
+    d.signal("HUP");
+    d.wait_line("configuration reloaded");
+    let ok = gateway::agent::connect(&agent_for(addr, "two", &up.url())).await;
+    assert!(ok.is_ok(), "tunnel two accepted after reload");
+
+    // A broken file is refused and the running configuration kept.
+    dir.write("g.toml", "[[tunnels]]\nid = \"BAD\"\n");
+    d.signal("HUP");
+    d.wait_line("reload failed; keeping the running configuration");
+    let resp = client()
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
