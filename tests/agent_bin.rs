@@ -1,0 +1,214 @@
+//! The real `gateway-agent` binary: connect log line, SIGTERM drain, exit codes.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_gateway-agent");
+
+struct AgentProcess {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl AgentProcess {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(AGENT)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("GATEWAY_AGENT_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agent");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        AgentProcess { child, lines }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    async fn wait_line(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in agent log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn wait_exit(&mut self, within: Duration) -> i32 {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return s.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn term(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_requests_then_exits_zero() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start_default().await;
+    let ws = gw.ws_url();
+    let upstream = up.url();
+    let mut agent = AgentProcess::spawn(&[
+        "--gateway",
+        &ws,
+        "--tunnel",
+        "demo",
+        "--upstream",
+        &upstream,
+    ]);
+    agent.wait_line("connected to ").await;
+    agent.wait_line("as tunnel demo, connection ").await;
+    gw.wait_agents("demo", 1).await;
+
+    let url = gw.url("/slow?ms=1500");
+    let slow = tokio::spawn(async move { client().get(url).send().await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.gateway.state().registry.agents_of("demo")[0].in_flight() != 1 {
+        assert!(Instant::now() < deadline, "request never in flight");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    agent.term();
+
+    // The gateway learns the agent is leaving and routes nothing new to it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.gateway.state().registry.select("demo").is_some() {
+        assert!(Instant::now() < deadline, "agent never marked draining");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let resp = client().get(gw.url("/about")).send().await.unwrap();
+    assert_eq!(resp.status(), 503, "no new requests go to a draining agent");
+
+    let resp = slow.await.unwrap().expect("in-flight request completes");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "slow done ");
+    let code = agent.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(code, 0, "log:\n{}", agent.log());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "it waited for the request"
+    );
+    gw.wait_agents("demo", 0).await;
+}
+
+#[tokio::test]
+async fn refused_agent_exits_non_zero_with_the_reason() {
+    let gw = TestGateway::start(config_from(
+        "[[tunnels]]\nid = \"app\"\ntoken = \"right\"\n",
+    ))
+    .await;
+    let ws = gw.ws_url();
+    let mut agent = AgentProcess::spawn(&[
+        "--gateway",
+        &ws,
+        "--tunnel",
+        "app",
+        "--token",
+        "wrong",
+        "--upstream",
+        "8000",
+    ]);
+    let code = agent.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(code, 1);
+    assert!(
+        agent.log().contains("wrong token for tunnel 'app'"),
+        "{}",
+        agent.log()
+    );
+    assert!(!agent.log().contains("panicked"));
+}
+
+#[tokio::test]
+async fn unreachable_gateway_is_retried_not_fatal() {
+    // Nothing listens on this port: the agent keeps retrying until told to stop.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ws = format!("ws://127.0.0.1:{port}/ws");
+    let mut agent =
+        AgentProcess::spawn(&["--gateway", &ws, "--tunnel", "demo", "--upstream", "8000"]);
+    agent.wait_line("cannot connect to the gateway").await;
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "still running, retrying"
+    );
+    agent.term();
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)).await, 0);
+}
+
+#[test]
+fn usage_and_config_errors() {
+    let out = Command::new(AGENT)
+        .args(["--tunnel", "x"])
+        .env_remove("GATEWAY_AGENT_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing --gateway"), "{err}");
+
+    let out = Command::new(AGENT)
+        .args([
+            "--gateway",
+            "ws://127.0.0.1:1/ws",
+            "--tunnel",
+            "x",
+            "--upstream",
+            "https://app:443",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not speak TLS"), "{err}");
+
+    let out = Command::new(AGENT).arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
