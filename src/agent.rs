@@ -69,7 +69,8 @@ fn default_grace() -> Duration {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
-    pub gateway: Option<String>,
+    /// One URL, or a list: the agent keeps one connection to each gateway.
+    pub gateway: Option<OneOrMany>,
     pub tunnel: Option<String>,
     pub token: Option<Secret>,
     pub upstream: Option<String>,
@@ -83,6 +84,23 @@ impl AgentFile {
             .map_err(|e| AgentError::Config(format!("cannot read {}: {e}", path.display())))?;
         toml::from_str(&text)
             .map_err(|e| AgentError::Config(format!("{}: {}", path.display(), e.message())))
+    }
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
     }
 }
 
@@ -168,6 +186,9 @@ pub struct Connected {
 
 /// Dials the gateway and waits for its hello.
 pub async fn connect(cfg: &AgentConfig) -> Result<Connected, AgentError> {
+    // rustls needs a process-wide crypto provider for wss://; ours is ring. An
+    // error only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut request =
         cfg.gateway.as_str().into_client_request().map_err(|e| {
             AgentError::Config(format!("--gateway {:?} is invalid: {e}", cfg.gateway))

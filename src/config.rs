@@ -385,7 +385,14 @@ impl Config {
         if let Some(level) = &overrides.log_level {
             config.log.level = level.clone();
         }
-        problems.extend(config.validate());
+        let tunnel_entries_refused = problems.iter().any(|p| p.contains("tunnels["));
+        problems.extend(
+            config
+                .validate()
+                .into_iter()
+                // An entry refused above is not "no tunnels": say it once.
+                .filter(|p| !(tunnel_entries_refused && p.starts_with("no tunnels"))),
+        );
         if problems.is_empty() {
             Ok(config)
         } else {

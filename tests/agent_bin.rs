@@ -212,3 +212,46 @@ fn usage_and_config_errors() {
     let out = Command::new(AGENT).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[tokio::test]
+async fn wss_gateway_fails_cleanly_when_nothing_speaks_tls() {
+    // A plain-HTTP gateway behind a wss:// URL: the TLS handshake fails, which is
+    // retried (the gateway may be restarting), never a panic.
+    let gw = TestGateway::start_default().await;
+    let wss = format!("wss://{}/ws", gw.addr);
+    let mut agent =
+        AgentProcess::spawn(&["--gateway", &wss, "--tunnel", "demo", "--upstream", "8000"]);
+    agent.wait_line("cannot connect to the gateway").await;
+    assert!(!agent.log().contains("panicked"), "{}", agent.log());
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "still running, retrying"
+    );
+    agent.term();
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agent_serves_several_gateway_nodes() {
+    let up = TestUpstream::start().await;
+    let node1 = TestGateway::start_default().await;
+    let node2 = TestGateway::start_default().await;
+    let (ws1, ws2, upstream) = (node1.ws_url(), node2.ws_url(), up.url());
+    let _agent = AgentProcess::spawn(&[
+        "--gateway",
+        &ws1,
+        "--gateway",
+        &ws2,
+        "--tunnel",
+        "demo",
+        "--upstream",
+        &upstream,
+    ]);
+    node1.wait_agents("demo", 1).await;
+    node2.wait_agents("demo", 1).await;
+    for node in [&node1, &node2] {
+        let resp = client().get(node.url("/about")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "about page from upstream");
+    }
+}

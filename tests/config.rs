@@ -223,3 +223,10 @@ fn masked_output_hides_tokens() {
     assert!(shown.contains("***"), "{shown}");
     assert!(format!("{c:?}").contains("***") && !format!("{c:?}").contains("hunter2"));
 }
+
+#[test]
+fn a_refused_tunnel_entry_is_not_also_no_tunnels() {
+    let p = problems("[[tunnels]]\nid = \"a\"\ncolour = \"red\"\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("tunnels[0].colour"), "{p:?}");
+}

@@ -16,8 +16,9 @@ use tokio::signal::unix::{SignalKind, signal};
 #[command(version, about, long_about = None)]
 struct Cli {
     /// Gateway WebSocket URL, e.g. ws://127.0.0.1:3000/ws or wss://gw.example.com/ws.
+    /// Repeat it for several gateway nodes: the agent keeps one connection to each.
     #[arg(long, short, value_name = "URL")]
-    gateway: Option<String>,
+    gateway: Vec<String>,
     /// Tunnel ID to serve (as configured on the gateway).
     #[arg(long, short, value_name = "ID")]
     tunnel: Option<String>,
@@ -38,7 +39,8 @@ struct Cli {
     log_level: String,
 }
 
-fn settings(cli: &Cli) -> Result<AgentConfig, AgentError> {
+/// One config per gateway URL.
+fn settings(cli: &Cli) -> Result<Vec<AgentConfig>, AgentError> {
     let file = match &cli.config {
         Some(p) => AgentFile::load(p)?,
         None => AgentFile::default(),
@@ -48,12 +50,16 @@ fn settings(cli: &Cli) -> Result<AgentConfig, AgentError> {
             "missing --{what} (or `{what} = ...` in the --config file)"
         ))
     };
-    Ok(AgentConfig {
-        gateway: cli
-            .gateway
-            .clone()
-            .or(file.gateway)
-            .ok_or_else(|| missing("gateway"))?,
+    let gateways = if cli.gateway.is_empty() {
+        file.gateway.map(|g| g.into_vec()).unwrap_or_default()
+    } else {
+        cli.gateway.clone()
+    };
+    if gateways.is_empty() {
+        return Err(missing("gateway"));
+    }
+    let base = AgentConfig {
+        gateway: String::new(),
         tunnel: cli
             .tunnel
             .clone()
@@ -66,7 +72,15 @@ fn settings(cli: &Cli) -> Result<AgentConfig, AgentError> {
             .or(file.upstream)
             .ok_or_else(|| missing("upstream"))?,
         grace: cli.grace.or(file.grace).unwrap_or(agent::DEFAULT_GRACE),
-    })
+    };
+    agent::Upstream::parse(&base.upstream)?;
+    Ok(gateways
+        .into_iter()
+        .map(|gateway| AgentConfig {
+            gateway,
+            ..base.clone()
+        })
+        .collect())
 }
 
 fn main() -> ExitCode {
@@ -78,7 +92,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
-    let cfg = match settings(&cli).and_then(|c| agent::Upstream::parse(&c.upstream).map(|_| c)) {
+    let configs = match settings(&cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -114,7 +128,21 @@ fn main() -> ExitCode {
             eprintln!("error: cannot install signal handlers");
             return ExitCode::FAILURE;
         };
-        let run = agent::run(cfg, shutdown.subscribe());
+        // One reconnecting session per gateway; the first fatal error ends them all.
+        let mut sessions = tokio::task::JoinSet::new();
+        for cfg in configs {
+            sessions.spawn(agent::run(cfg, shutdown.subscribe()));
+        }
+        let run = async move {
+            while let Some(done) = sessions.join_next().await {
+                match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(AgentError::Transient(format!("agent task failed: {e}"))),
+                }
+            }
+            Ok(())
+        };
         tokio::pin!(run);
         let result = tokio::select! {
             r = &mut run => r,

@@ -1,6 +1,7 @@
 //! `gateway`: the daemon. Flags, config, telemetry, bind, serve, drain.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,7 +70,13 @@ fn main() -> ExitCode {
             .config
             .as_ref()
             .map_or("built-in defaults".to_owned(), |p| p.display().to_string());
-        println!("# configuration OK ({origin})\n{}", config.to_masked_toml());
+        // Written by hand, not println!: `gateway --check | head` must not panic.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "# configuration OK ({origin})\n{}",
+            config.to_masked_toml()
+        );
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

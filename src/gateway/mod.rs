@@ -96,7 +96,7 @@ impl Gateway {
 
     /// Applies a new configuration (SIGHUP): tunnels, tokens, timeouts and routing
     /// take effect for new requests and agents; listener changes are reported.
-    pub fn reload(&self, new: Config) -> ReloadReport {
+    pub fn reload(&self, mut new: Config) -> ReloadReport {
         let old = self.state.config();
         let mut report = ReloadReport::default();
         if old.server.host != new.server.host || old.server.port != new.server.port {
@@ -106,15 +106,23 @@ impl Gateway {
                 new.server.addr()
             ));
         }
-        if old.log.directory != new.log.directory
+        let log_changed = old.log.directory != new.log.directory
             || old.log.file != new.log.file
             || old.log.format != new.log.format
-            || old.log.rotation != new.log.rotation
-        {
+            || old.log.rotation != new.log.rotation;
+        if log_changed {
             report
                 .needs_restart
                 .push("log.directory/file/format/rotation".to_owned());
         }
+        // Keep describing what actually runs: the listener and the log writers are
+        // not rebuilt, so later reloads compare against them, not the file.
+        new.server.host = old.server.host;
+        new.server.port = old.server.port;
+        new.log = crate::config::LogConfig {
+            level: new.log.level.clone(),
+            ..old.log.clone()
+        };
         for t in &old.tunnels {
             let revoked = match new.tunnel(&t.id) {
                 None => true,
