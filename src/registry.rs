@@ -6,8 +6,8 @@
 //! lookup clones an `Arc<Agent>` out and releases the shard before any `.await`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
@@ -15,6 +15,14 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::transport::{Opener, Signals};
+
+/// Something that may keep an idle upstream stream to an agent open between
+/// requests (a public connection's bound stream, see `gateway::proxy`).
+pub trait IdleHolder: Send + Sync {
+    /// Closes the stream it keeps if that stream's agent is no longer available. A
+    /// stream still carrying a response is closed once that response is complete.
+    fn release_if_unavailable(&self);
+}
 
 /// One connected agent.
 #[derive(Debug)]
@@ -32,6 +40,11 @@ pub struct Agent {
     draining: AtomicBool,
     /// Fires when the gateway wants this session closed (tunnel revoked by a reload).
     pub evicted: Notify,
+    /// Public connections that opened a stream to this agent and may keep it idle
+    /// for their next request. Told to let go when the agent drains: otherwise an
+    /// idle keep-alive stream would hold the agent's drain until its grace period
+    /// is over, and the agent would cut it off.
+    idle_holders: Mutex<Vec<Weak<dyn IdleHolder>>>,
 }
 
 impl Agent {
@@ -55,6 +68,7 @@ impl Agent {
             total: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             evicted: Notify::new(),
+            idle_holders: Mutex::new(Vec::new()),
         }
     }
 
@@ -80,8 +94,35 @@ impl Agent {
         self.evicted.notify_one();
     }
 
+    /// Stops routing to this agent, and closes the idle streams that public
+    /// connections keep to it (see [`Agent::watch_idle`]), so that its drain ends
+    /// as soon as the requests in flight are done.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
+        // Take the list out first: no lock is held while the holders lock theirs.
+        let holders = self
+            .idle_holders
+            .lock()
+            .map(|mut list| std::mem::take(&mut *list))
+            .unwrap_or_default();
+        for holder in holders.iter().filter_map(Weak::upgrade) {
+            holder.release_if_unavailable();
+        }
+    }
+
+    /// Remembers `holder`, which may keep a stream to this agent idle between
+    /// requests, so that [`Agent::set_draining`] can tell it to let go.
+    pub fn watch_idle(&self, holder: Weak<dyn IdleHolder>) {
+        if let Ok(mut list) = self.idle_holders.lock() {
+            // Forget closed connections before the list grows; reserving as much
+            // again as is left keeps this amortised O(1) per stream.
+            if list.len() == list.capacity() {
+                list.retain(|h| h.strong_count() > 0);
+                let live = list.len();
+                list.reserve(live.max(4));
+            }
+            list.push(holder);
+        }
     }
 
     pub fn info(&self) -> AgentInfo {

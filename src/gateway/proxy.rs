@@ -31,7 +31,7 @@ use super::error::ErrorKind;
 use super::{ConnCtx, State};
 use crate::config::Config;
 use crate::protocol::{REQUEST_ID_HEADER, TUNNEL_HEADER};
-use crate::registry::{Agent, InFlight};
+use crate::registry::{Agent, IdleHolder, InFlight};
 use crate::shutdown::signalled;
 
 /// Which timeout applies.
@@ -91,8 +91,11 @@ impl BoundSlot {
             *slot = Some(bound);
         }
     }
+}
 
-    /// Drops the bound connection if it belongs to an agent that is leaving.
+impl IdleHolder for BoundSlot {
+    /// Drops the bound connection if it belongs to an agent that is leaving. Dropping
+    /// the sender closes the stream once its response (if any) is complete.
     fn release_if_unavailable(&self) {
         if let Ok(mut slot) = self.0.lock()
             && slot.as_ref().is_some_and(|b| !b.agent.is_available())
@@ -193,6 +196,9 @@ pub async fn handle(
         method = %req.method(),
         path = %req.uri().path(),
         peer = %ctx.peer,
+        // Declared empty here and recorded once routing has chosen the tunnel: a
+        // field that a span does not declare is silently dropped by `record`.
+        tunnel = tracing::field::Empty,
     );
     let started = Instant::now();
     async move {
@@ -260,7 +266,8 @@ async fn proxy(
     let Some(tunnel_cfg) = config.tunnel(&tunnel) else {
         return Err(fail(ErrorKind::UnknownTunnel(tunnel), req.headers()));
     };
-    tracing::Span::current().record("tunnel", tunnel.as_str());
+    // Display, like the span's other fields (`tunnel=demo`, not `tunnel="demo"`).
+    tracing::Span::current().record("tunnel", tracing::field::display(&tunnel));
 
     let timeout = match kind {
         Kind::Direct => config.timeouts.direct,
@@ -390,6 +397,12 @@ async fn acquire(
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
+    if !upgrade {
+        // This stream will be kept in the connection's slot between requests: when
+        // the agent drains, the slot must let go of it (see `Agent::set_draining`).
+        let slot: Arc<dyn IdleHolder> = ctx.bound.clone();
+        agent.watch_idle(Arc::downgrade(&slot));
+    }
     Ok((
         Bound {
             tunnel: tunnel.to_owned(),
