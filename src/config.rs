@@ -68,6 +68,12 @@ pub struct ServerConfig {
     pub public_domain: Option<String>,
     /// Tunnel for requests that name none; defaults to the only tunnel, if one.
     pub default_tunnel: Option<String>,
+    /// Keep the client's `X-Forwarded-For/-Proto/-Host` (extend, not replace). Only
+    /// for a gateway reached solely through a proxy you run (nginx, a TLS load
+    /// balancer): otherwise any client could claim any address or scheme.
+    pub trust_forwarded: bool,
+    /// When set, `GET /connections` requires `Authorization: Bearer <admin_token>`.
+    pub admin_token: Option<Secret>,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +83,8 @@ impl Default for ServerConfig {
             port: DEFAULT_PORT,
             public_domain: None,
             default_tunnel: None,
+            trust_forwarded: false,
+            admin_token: None,
         }
     }
 }
@@ -198,12 +206,7 @@ impl TunnelConfig {
         match (&self.token, &self.token_sha256, presented) {
             (None, None, _) => true,
             (_, _, None) => false,
-            (Some(expected), _, Some(given)) => {
-                // Compare digests so that the length of the secret does not leak either.
-                let a = Sha256::digest(expected.expose().as_bytes());
-                let b = Sha256::digest(given.as_bytes());
-                a.ct_eq(&b).into()
-            }
+            (Some(expected), _, Some(given)) => secret_matches(expected, Some(given)),
             (None, Some(hex_digest), Some(given)) => {
                 let Ok(expected) = hex::decode(hex_digest) else {
                     return false;
@@ -213,6 +216,17 @@ impl TunnelConfig {
             }
         }
     }
+}
+
+/// Compares a presented secret in time independent of where it differs (digests
+/// are compared, so the secret's length does not leak either).
+pub fn secret_matches(expected: &Secret, presented: Option<&str>) -> bool {
+    let Some(given) = presented else {
+        return false;
+    };
+    let a = Sha256::digest(expected.expose().as_bytes());
+    let b = Sha256::digest(given.as_bytes());
+    a.ct_eq(&b).into()
 }
 
 /// A secret string: printed as `***` by `Debug`, `Display` and `Serialize`.
@@ -287,7 +301,14 @@ impl ConfigError {
 }
 
 const TOP_LEVEL_KEYS: &[&str] = &["server", "timeouts", "log", "tunnels"];
-const SERVER_KEYS: &[&str] = &["host", "port", "public_domain", "default_tunnel"];
+const SERVER_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "public_domain",
+    "default_tunnel",
+    "trust_forwarded",
+    "admin_token",
+];
 const TIMEOUT_KEYS: &[&str] = &["forward", "direct", "shutdown_grace", "heartbeat"];
 const LOG_KEYS: &[&str] = &["level", "directory", "file", "rotation", "format"];
 const TUNNEL_KEYS: &[&str] = &["id", "token", "token_sha256", "rewrite_host"];
@@ -432,6 +453,14 @@ impl Config {
             problems.push(format!(
                 "server.public_domain = {domain:?} is invalid: expected a domain name such as \"tunnels.example.com\""
             ));
+        }
+        if let Some(t) = &self.server.admin_token
+            && t.expose().is_empty()
+        {
+            problems.push(
+                "server.admin_token is empty: remove the key to leave /connections open, or set a secret"
+                    .to_owned(),
+            );
         }
         if self.tunnels.is_empty() {
             problems.push(
@@ -651,7 +680,7 @@ fn expected_for(section: &str, key: &str, message: &str) -> String {
         ("timeouts", _) => "expected a duration such as \"5s\", \"500ms\" or \"1m 30s\"",
         ("log", "rotation") => "expected one of minutely, hourly, daily, never",
         ("log", "format") => "expected one of text, json",
-        ("tunnels", "rewrite_host") => "expected true or false",
+        ("tunnels", "rewrite_host") | ("server", "trust_forwarded") => "expected true or false",
         _ => return message.to_owned(),
     };
     what.to_owned()

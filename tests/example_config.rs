@@ -175,7 +175,14 @@ fn example_shows_every_key_and_only_known_keys() {
     let listed: BTreeMap<&str, &[&str]> = BTreeMap::from([
         (
             "server",
-            &["host", "port", "public_domain", "default_tunnel"][..],
+            &[
+                "host",
+                "port",
+                "public_domain",
+                "default_tunnel",
+                "trust_forwarded",
+                "admin_token",
+            ][..],
         ),
         (
             "timeouts",

@@ -244,12 +244,14 @@ async fn forwarding_headers_and_request_id() {
     assert_eq!(h["x-custom"], "kept");
     assert!(h.get("x-tunnel-id").is_none(), "{h}");
 
-    // A client-chosen ID goes to the upstream and comes back; an earlier proxy's
-    // X-Forwarded-For is extended, not replaced.
+    // A client-chosen ID goes to the upstream and comes back. Forwarding headers
+    // a client sends are not trusted by default: they are replaced.
     let resp = c
         .get(gw.url("/echo"))
         .header("x-request-id", "client-chosen-id-42")
         .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "bank.example")
         .send()
         .await
         .unwrap();
@@ -257,7 +259,72 @@ async fn forwarding_headers_and_request_id() {
     assert_eq!(resp.headers()["x-request-id"], "client-chosen-id-42");
     let echo: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(echo["headers"]["x-request-id"], "client-chosen-id-42");
+    assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "http");
+    assert_eq!(
+        echo["headers"]["x-forwarded-host"],
+        gw.addr.to_string().as_str()
+    );
+
+    // Behind a proxy of one's own (server.trust_forwarded), they are extended/kept.
+    let up2 = TestUpstream::start().await;
+    let trusting = TestGateway::start(config_from(
+        "[server]\ntrust_forwarded = true\n[[tunnels]]\nid = \"demo\"\n",
+    ))
+    .await;
+    let _agent2 = TestAgent::start(&trusting, "demo", &up2.url()).await;
+    let echo: serde_json::Value = c
+        .get(trusting.url("/echo"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "app.example")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(echo["headers"]["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(echo["headers"]["x-forwarded-host"], "app.example");
+}
+
+/// /connections is open by default and needs the admin token once one is set;
+/// every response, the gateway's own included, carries an X-Request-Id.
+#[tokio::test]
+async fn admin_token_guards_connections() {
+    let gw = TestGateway::start(config_from(
+        "[server]\nadmin_token = \"adm1n\"\n[[tunnels]]\nid = \"demo\"\n",
+    ))
+    .await;
+    let c = client();
+    let resp = c.get(gw.url("/connections")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers().contains_key("x-request-id"));
+    let resp = c
+        .get(gw.url("/connections"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = c
+        .get(gw.url("/connections"))
+        .bearer_auth("adm1n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "[]");
+    // /health stays open for load balancers, and is traceable too.
+    let resp = c
+        .get(gw.url("/health"))
+        .header("x-request-id", "lb-probe-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-request-id"], "lb-probe-1");
 }
 
 /// An upstream that answers `name` on every path.

@@ -21,7 +21,7 @@ use super::{ConnCtx, State};
 use crate::protocol::{self, Hello, REASON_HEADER, SUBPROTOCOL, TUNNEL_HEADER, UPSTREAM_HEADER};
 use crate::registry::Agent;
 use crate::shutdown::signalled;
-use crate::transport::{self, Session, SessionEnd, Signals, WsIo};
+use crate::transport::{self, Opener, Session, SessionEnd, Signals, WsIo};
 
 fn refuse(status: StatusCode, reason: String) -> Response<Body> {
     tracing::warn!(status = status.as_u16(), %reason, "agent refused");
@@ -97,10 +97,10 @@ pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> R
             format!("unknown tunnel '{tunnel}': it is not configured on this gateway"),
         );
     };
+    // The scheme is case-insensitive (RFC 9110 section 11.1).
     let presented = header_str(&req, header::AUTHORIZATION).and_then(|v| {
-        v.strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-            .map(str::trim)
+        let (scheme, token) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     });
     if !tunnel_cfg.token_matches(presented) {
         let reason = if presented.is_none() {
@@ -125,7 +125,9 @@ pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> R
         version: protocol::PROTOCOL_VERSION,
         connection_id: connection_id.clone(),
         tunnel: tunnel.clone(),
-        heartbeat_secs: heartbeat.as_secs().max(1),
+        // Rounded up: an agent that applies the three-interval rule to this value
+        // must not give up before our pings are due.
+        heartbeat_secs: heartbeat.as_secs_f64().ceil().max(1.0) as u64,
     };
     tokio::spawn(
         async move {
@@ -145,13 +147,11 @@ pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> R
             let Ok(hello_text) = serde_json::to_string(&hello) else {
                 return;
             };
-            if let Err(e) = ws.send(Message::Text(hello_text.into())).await {
-                tracing::warn!(error = %e, "cannot send hello to agent");
-                return;
-            }
+            // Registered before the hello goes out, so that a request sent as soon
+            // as the agent sees its hello finds it; streams asked for in between
+            // wait in the queue until the session runs.
             let signals = Arc::new(Signals::default());
-            let io = WsIo::new(ws, Some(heartbeat), CloseCode::Away, signals.clone());
-            let (session, opener) = Session::client(io, signals.clone());
+            let (opener, queue) = Opener::channel();
             let agent = Arc::new(Agent::new(
                 connection_id.clone(),
                 tunnel,
@@ -161,6 +161,13 @@ pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> R
                 signals.clone(),
             ));
             session_state.registry.insert(agent.clone());
+            if let Err(e) = ws.send(Message::Text(hello_text.into())).await {
+                session_state.registry.remove(&connection_id);
+                tracing::warn!(error = %e, "cannot send hello to agent");
+                return;
+            }
+            let io = WsIo::new(ws, Some(heartbeat), CloseCode::Away, signals.clone());
+            let session = Session::client_with(io, signals.clone(), queue);
             tracing::info!(upstream = agent.upstream.as_deref().unwrap_or("-"), "agent connected");
 
             // The agent announces its departure: route nothing new to it.

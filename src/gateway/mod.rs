@@ -227,13 +227,17 @@ impl Gateway {
         }
         match req.uri().path() {
             "/health" | "/connections" | crate::protocol::WS_PATH => {
+                let id = proxy::request_id(&req);
                 let mut req = req.map(Body::new);
                 req.extensions_mut().insert(ctx.clone());
                 let span = tracing::debug_span!("api", path = %req.uri().path(), peer = %ctx.peer);
-                match self.router.clone().oneshot(req).instrument(span).await {
+                let mut resp = match self.router.clone().oneshot(req).instrument(span).await {
                     Ok(resp) => resp,
                     Err(never) => match never {},
-                }
+                };
+                resp.headers_mut()
+                    .insert(crate::protocol::REQUEST_ID_HEADER, id);
+                resp
             }
             "/forward" if req.method() == http::Method::POST => {
                 proxy::handle(&self.state, &config, &ctx, req, proxy::Kind::Forward, None).await

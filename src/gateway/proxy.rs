@@ -292,7 +292,13 @@ async fn proxy(
     *req.uri_mut() = uri;
     *req.version_mut() = http::Version::HTTP_11;
     let original_host = req.headers().get(header::HOST).cloned();
-    prepare_request_headers(req.headers_mut(), ctx, id, upgrade);
+    prepare_request_headers(
+        req.headers_mut(),
+        ctx,
+        id,
+        upgrade,
+        config.server.trust_forwarded,
+    );
 
     let rewrite_host = tunnel_cfg.rewrite_host;
     let attempt = async {
@@ -460,6 +466,7 @@ fn prepare_request_headers(
     ctx: &ConnCtx,
     id: &HeaderValue,
     upgrade: bool,
+    trust_forwarded: bool,
 ) {
     let upgrade_value = headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(headers);
@@ -469,6 +476,13 @@ fn prepare_request_headers(
     }
     headers.remove(TUNNEL_HEADER);
     headers.remove(FORWARD_PATH_HEADER);
+    if !trust_forwarded {
+        // What a client says about earlier hops cannot be checked: replace it.
+        headers.remove("x-forwarded-for");
+        headers.remove("x-forwarded-proto");
+        headers.remove("x-forwarded-host");
+        headers.remove(header::FORWARDED);
+    }
     let peer_ip = ctx.peer.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {peer_ip}"),

@@ -44,6 +44,24 @@ async fn health(AxState(state): AxState<Arc<State>>) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn connections(AxState(state): AxState<Arc<State>>) -> Json<Vec<AgentInfo>> {
-    Json(state.registry.list())
+async fn connections(AxState(state): AxState<Arc<State>>, headers: http::HeaderMap) -> Response {
+    let config = state.config();
+    if let Some(expected) = &config.server.admin_token {
+        let presented = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        if !crate::config::secret_matches(expected, presented) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(http::header::WWW_AUTHENTICATE, "Bearer")],
+                "/connections requires Authorization: Bearer <server.admin_token>\n",
+            )
+                .into_response();
+        }
+    }
+    let list: Vec<AgentInfo> = state.registry.list();
+    Json(list).into_response()
 }

@@ -15,7 +15,7 @@ pub mod session;
 pub mod stream_io;
 pub mod ws_io;
 
-pub use session::{Opener, Session, SessionEnd, TunnelError};
+pub use session::{OpenQueue, Opener, Session, SessionEnd, TunnelError};
 pub use stream_io::StreamIo;
 pub use ws_io::{Signals, WsIo};
 

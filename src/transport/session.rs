@@ -46,7 +46,16 @@ pub struct Opener {
     tx: mpsc::Sender<OpenReply>,
 }
 
+/// The receiving end of an [`Opener`], handed to [`Session::client_with`].
+pub struct OpenQueue(mpsc::Receiver<OpenReply>);
+
 impl Opener {
+    /// An opener whose session does not exist yet.
+    pub fn channel() -> (Opener, OpenQueue) {
+        let (tx, rx) = mpsc::channel(64);
+        (Opener { tx }, OpenQueue(rx))
+    }
+
     pub async fn open(&self) -> Result<StreamIo, TunnelError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -81,17 +90,22 @@ where
 {
     /// The gateway's end: returns the session and the handle that opens streams.
     pub fn client(io: WsIo<T>, signals: Arc<Signals>) -> (Self, Opener) {
-        let (tx, rx) = mpsc::channel(64);
-        let session = Session {
+        let (opener, queue) = Opener::channel();
+        (Self::client_with(io, signals, queue), opener)
+    }
+
+    /// The gateway's end, serving an [`Opener`] made beforehand with
+    /// [`Opener::channel`] (streams asked for meanwhile wait in the queue).
+    pub fn client_with(io: WsIo<T>, signals: Arc<Signals>, queue: OpenQueue) -> Self {
+        Session {
             conn: yamux::Connection::new(io, protocol::yamux_config(), yamux::Mode::Client),
-            open_rx: Some(rx),
+            open_rx: Some(queue.0),
             pending_open: None,
             on_inbound: None,
             streams: Arc::default(),
             signals,
             announce_drain: false,
-        };
-        (session, Opener { tx })
+        }
     }
 
     /// The agent's end: `on_inbound` receives each stream the gateway opens.
