@@ -5,7 +5,7 @@
 //! (I/O errors, agent internals) are logged in the request's span, never sent.
 
 use axum::body::Body;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 
 use crate::protocol::REQUEST_ID_HEADER;
 
@@ -67,11 +67,11 @@ impl ErrorKind {
 
     /// The response for `req`, in the format it accepts.
     pub fn response<B>(&self, req: &Request<B>, request_id: &HeaderValue) -> Response<Body> {
-        let wants_json = req
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("json"));
+        self.response_as(wants_json(req.headers()), request_id)
+    }
+
+    /// The response, as JSON or as plain text.
+    pub fn response_as(&self, wants_json: bool, request_id: &HeaderValue) -> Response<Body> {
         let (body, content_type) = if wants_json {
             let body = serde_json::json!({
                 "error": self.code(),
@@ -90,4 +90,12 @@ impl ErrorKind {
         h.insert("x-gateway-error", HeaderValue::from_static(self.code()));
         resp
     }
+}
+
+/// Whether a client with these headers prefers JSON error bodies.
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"))
 }

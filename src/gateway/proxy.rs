@@ -136,16 +136,26 @@ fn host_of<B>(req: &Request<B>) -> Option<&str> {
     })
 }
 
+/// A new request ID: 32 hex digits, a random per-process prefix and a counter.
+/// Unique without a random draw (a syscall) per request.
+fn new_request_id() -> HeaderValue {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{prefix:016x}{n:016x}"))
+        .unwrap_or(HeaderValue::from_static("-"))
+}
+
 /// The client's `X-Request-Id` when it is sane, else a new one.
 pub fn request_id<B>(req: &Request<B>) -> HeaderValue {
     req.headers()
         .get(REQUEST_ID_HEADER)
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
-                .unwrap_or(HeaderValue::from_static("-"))
-        })
+        .unwrap_or_else(new_request_id)
 }
 
 fn query_param(uri: &Uri, name: &str) -> Option<String> {
@@ -204,8 +214,8 @@ pub async fn handle(
     async move {
         let (resp, agent) = match proxy(state, config, ctx, req, kind, host_tunnel, &id).await {
             Ok(ok) => ok,
-            Err((kind, req_headers)) => {
-                let resp = kind.response(&req_headers, &id);
+            Err((kind, wants_json)) => {
+                let resp = kind.response_as(wants_json, &id);
                 tracing::info!(
                     target: "gateway::access",
                     status = resp.status().as_u16(),
@@ -219,7 +229,7 @@ pub async fn handle(
         tracing::info!(
             target: "gateway::access",
             status = resp.status().as_u16(),
-            agent = %agent,
+            agent = %agent.connection_id,
             ms = started.elapsed().as_millis() as u64,
             "request"
         );
@@ -229,9 +239,8 @@ pub async fn handle(
     .await
 }
 
-/// The error and a request-shaped value carrying the client's headers (for content
-/// negotiation of the error body).
-type Failure = (ErrorKind, Request<()>);
+/// The error, and whether the client wants it as JSON.
+type Failure = (ErrorKind, bool);
 
 async fn proxy(
     state: &Arc<State>,
@@ -241,12 +250,9 @@ async fn proxy(
     kind: Kind,
     host_tunnel: Option<String>,
     id: &HeaderValue,
-) -> Result<(Response<Body>, String), Failure> {
-    let fail = |e: ErrorKind, headers: &HeaderMap| {
-        let mut r = Request::new(());
-        *r.headers_mut() = headers.clone();
-        (e, r)
-    };
+) -> Result<(Response<Body>, Arc<Agent>), Failure> {
+    let json = super::error::wants_json(req.headers());
+    let fail = |e: ErrorKind| (e, json);
 
     let tunnel = host_tunnel
         .or_else(|| match kind {
@@ -261,10 +267,10 @@ async fn proxy(
         })
         .or_else(|| config.default_tunnel().map(str::to_owned));
     let Some(tunnel) = tunnel else {
-        return Err(fail(ErrorKind::NoTunnel, req.headers()));
+        return Err(fail(ErrorKind::NoTunnel));
     };
     let Some(tunnel_cfg) = config.tunnel(&tunnel) else {
-        return Err(fail(ErrorKind::UnknownTunnel(tunnel), req.headers()));
+        return Err(fail(ErrorKind::UnknownTunnel(tunnel)));
     };
     // Display, like the span's other fields (`tunnel=demo`, not `tunnel="demo"`).
     tracing::Span::current().record("tunnel", tracing::field::display(&tunnel));
@@ -275,7 +281,6 @@ async fn proxy(
     };
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let client_headers = req.headers().clone();
 
     // The upstream request: origin-form URI, headers for the next hop.
     let target = match kind {
@@ -287,7 +292,7 @@ async fn proxy(
         Kind::Forward => forward_target(&req),
     };
     let Ok(uri) = Uri::try_from(target.as_str()) else {
-        return Err(fail(ErrorKind::NoTunnel, &client_headers));
+        return Err(fail(ErrorKind::NoTunnel));
     };
     *req.uri_mut() = uri;
     *req.version_mut() = http::Version::HTTP_11;
@@ -334,10 +339,10 @@ async fn proxy(
     };
     let (mut resp, bound, in_flight) = match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(v)) => v,
-        Ok(Err(e)) => return Err(fail(e, &client_headers)),
-        Err(_) => return Err(fail(ErrorKind::Timeout(timeout), &client_headers)),
+        Ok(Err(e)) => return Err(fail(e)),
+        Err(_) => return Err(fail(ErrorKind::Timeout(timeout))),
     };
-    let agent_id = bound.agent.connection_id.clone();
+    let agent = bound.agent.clone();
 
     if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -351,7 +356,7 @@ async fn proxy(
         let (parts, _) = resp.into_parts();
         let mut out = Response::from_parts(parts, Body::empty());
         out.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
-        return Ok((out, agent_id));
+        return Ok((out, agent));
     }
 
     if !upgrade {
@@ -366,7 +371,7 @@ async fn proxy(
         _in_flight: in_flight,
         slot: ctx.bound.clone(),
     };
-    Ok((Response::from_parts(parts, Body::new(body)), agent_id))
+    Ok((Response::from_parts(parts, Body::new(body)), agent))
 }
 
 /// A sender to the tunnel's upstream: the one bound to this connection when it can
