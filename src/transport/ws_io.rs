@@ -116,7 +116,8 @@ where
         WsIo {
             ws,
             read_buf: Bytes::new(),
-            write_buf: BytesMut::with_capacity(protocol::WRITE_BATCH),
+            // Allocated on first write: an idle session should cost little.
+            write_buf: BytesMut::new(),
             flush_pending: false,
             close_sent: false,
             close_code,
