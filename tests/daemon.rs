@@ -498,3 +498,41 @@ async fn sighup_reloads_tunnels() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[test]
+fn watchdog_pings_at_half_the_interval() {
+    let dir = TempDir::new();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // systemd's WatchdogSec=400ms: pings are due every 200 ms.
+    let mut d = Daemon::spawn(
+        &["--port", "0"],
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut buf = [0u8; 1024];
+    let mut pings = Vec::new();
+    let started = Instant::now();
+    while pings.len() < 4 {
+        let n = sock.recv(&mut buf).expect("notifications keep coming");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.lines().any(|l| l == "WATCHDOG=1") {
+            pings.push(Instant::now());
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "too few pings");
+    }
+    // Four pings at ~200 ms intervals: well under the 400 ms deadline each, and not
+    // a busy loop either.
+    let span = pings[3] - pings[0];
+    assert!(
+        span >= Duration::from_millis(300),
+        "pings too fast: {span:?}"
+    );
+    assert!(span < Duration::from_secs(3), "pings too slow: {span:?}");
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).0, 0);
+}
