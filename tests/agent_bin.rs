@@ -2,90 +2,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::{AGENT_BIN, Process};
 use common::*;
-
-const AGENT: &str = env!("CARGO_BIN_EXE_gateway-agent");
-
-struct AgentProcess {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl AgentProcess {
-    fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(AGENT)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .env_remove("GATEWAY_AGENT_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn agent");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        AgentProcess { child, lines }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    async fn wait_line(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in agent log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn wait_exit(&mut self, within: Duration) -> i32 {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                return s.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not exit; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn term(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok);
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_open_requests_then_exits_zero() {
@@ -93,7 +14,7 @@ async fn sigterm_drains_open_requests_then_exits_zero() {
     let gw = TestGateway::start_default().await;
     let ws = gw.ws_url();
     let upstream = up.url();
-    let mut agent = AgentProcess::spawn(&[
+    let mut agent = Process::agent(&[
         "--gateway",
         &ws,
         "--tunnel",
@@ -101,8 +22,8 @@ async fn sigterm_drains_open_requests_then_exits_zero() {
         "--upstream",
         &upstream,
     ]);
-    agent.wait_line("connected to ").await;
-    agent.wait_line("as tunnel demo, connection ").await;
+    agent.wait_line_async("connected to ").await;
+    agent.wait_line_async("as tunnel demo, connection ").await;
     gw.wait_agents("demo", 1).await;
 
     let url = gw.url("/slow?ms=1500");
@@ -113,7 +34,7 @@ async fn sigterm_drains_open_requests_then_exits_zero() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let started = Instant::now();
-    agent.term();
+    agent.signal("TERM");
 
     // The gateway learns the agent is leaving and routes nothing new to it.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -127,7 +48,7 @@ async fn sigterm_drains_open_requests_then_exits_zero() {
     let resp = slow.await.unwrap().expect("in-flight request completes");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "slow done ");
-    let code = agent.wait_exit(Duration::from_secs(10)).await;
+    let code = agent.wait_exit_async(Duration::from_secs(10)).await;
     assert_eq!(code, 0, "log:\n{}", agent.log());
     assert!(
         started.elapsed() >= Duration::from_millis(1000),
@@ -143,7 +64,7 @@ async fn refused_agent_exits_non_zero_with_the_reason() {
     ))
     .await;
     let ws = gw.ws_url();
-    let mut agent = AgentProcess::spawn(&[
+    let mut agent = Process::agent(&[
         "--gateway",
         &ws,
         "--tunnel",
@@ -153,7 +74,7 @@ async fn refused_agent_exits_non_zero_with_the_reason() {
         "--upstream",
         "8000",
     ]);
-    let code = agent.wait_exit(Duration::from_secs(10)).await;
+    let code = agent.wait_exit_async(Duration::from_secs(10)).await;
     assert_eq!(code, 1);
     assert!(
         agent.log().contains("wrong token for tunnel 'app'"),
@@ -172,20 +93,19 @@ async fn unreachable_gateway_is_retried_not_fatal() {
         .unwrap()
         .port();
     let ws = format!("ws://127.0.0.1:{port}/ws");
-    let mut agent =
-        AgentProcess::spawn(&["--gateway", &ws, "--tunnel", "demo", "--upstream", "8000"]);
-    agent.wait_line("cannot connect to the gateway").await;
+    let mut agent = Process::agent(&["--gateway", &ws, "--tunnel", "demo", "--upstream", "8000"]);
+    agent.wait_line_async("cannot connect to the gateway").await;
     assert!(
         agent.child.try_wait().unwrap().is_none(),
         "still running, retrying"
     );
-    agent.term();
-    assert_eq!(agent.wait_exit(Duration::from_secs(5)).await, 0);
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit_async(Duration::from_secs(5)).await, 0);
 }
 
 #[test]
 fn usage_and_config_errors() {
-    let out = Command::new(AGENT)
+    let out = Command::new(AGENT_BIN)
         .args(["--tunnel", "x"])
         .env_remove("GATEWAY_AGENT_TOKEN")
         .output()
@@ -194,7 +114,7 @@ fn usage_and_config_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing --gateway"), "{err}");
 
-    let out = Command::new(AGENT)
+    let out = Command::new(AGENT_BIN)
         .args([
             "--gateway",
             "ws://127.0.0.1:1/ws",
@@ -209,7 +129,7 @@ fn usage_and_config_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not speak TLS"), "{err}");
 
-    let out = Command::new(AGENT).arg("--bogus").output().unwrap();
+    let out = Command::new(AGENT_BIN).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
 
@@ -219,16 +139,15 @@ async fn wss_gateway_fails_cleanly_when_nothing_speaks_tls() {
     // retried (the gateway may be restarting), never a panic.
     let gw = TestGateway::start_default().await;
     let wss = format!("wss://{}/ws", gw.addr);
-    let mut agent =
-        AgentProcess::spawn(&["--gateway", &wss, "--tunnel", "demo", "--upstream", "8000"]);
-    agent.wait_line("cannot connect to the gateway").await;
+    let mut agent = Process::agent(&["--gateway", &wss, "--tunnel", "demo", "--upstream", "8000"]);
+    agent.wait_line_async("cannot connect to the gateway").await;
     assert!(!agent.log().contains("panicked"), "{}", agent.log());
     assert!(
         agent.child.try_wait().unwrap().is_none(),
         "still running, retrying"
     );
-    agent.term();
-    assert_eq!(agent.wait_exit(Duration::from_secs(5)).await, 0);
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit_async(Duration::from_secs(5)).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,7 +156,7 @@ async fn one_agent_serves_several_gateway_nodes() {
     let node1 = TestGateway::start_default().await;
     let node2 = TestGateway::start_default().await;
     let (ws1, ws2, upstream) = (node1.ws_url(), node2.ws_url(), up.url());
-    let _agent = AgentProcess::spawn(&[
+    let _agent = Process::agent(&[
         "--gateway",
         &ws1,
         "--gateway",

@@ -3,160 +3,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::{GATEWAY_BIN, Process, TempDir};
 use common::*;
 use gateway::agent::AgentConfig;
 
-const BIN: &str = env!("CARGO_BIN_EXE_gateway");
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "gateway-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).expect("write file");
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running gateway process whose stderr is collected line by line.
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn gateway");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    /// Waits (polling, 15 s at most) for a log line containing `needle`.
-    fn wait_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            if Instant::now() > deadline {
-                panic!("no log line containing {needle:?}; got:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// The address from the "listening on ADDR" line.
-    fn addr(&self) -> SocketAddr {
-        let line = self.wait_line("listening on ");
-        let rest = line.split("listening on ").nth(1).expect("address");
-        rest.split(|c: char| !(c.is_ascii_alphanumeric() || ".:[]".contains(c)))
-            .next()
-            .expect("address")
-            .parse()
-            .expect("socket address")
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{sig} failed");
-    }
-
-    /// Waits for exit (bounded); returns the exit code and how long it took.
-    fn wait_exit(&mut self, within: Duration) -> (i32, Duration) {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the reader thread drain the pipe.
-                std::thread::sleep(Duration::from_millis(50));
-                return (status.code().unwrap_or(-1), start.elapsed());
-            }
-            if start.elapsed() > within {
-                let _ = self.child.kill();
-                panic!(
-                    "gateway did not exit within {within:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn run_to_end(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
+    let out = Command::new(GATEWAY_BIN)
         .args(args)
         .env_remove("RUST_LOG")
         .env_remove("GATEWAY_CONFIG")
@@ -181,7 +38,7 @@ fn agent_for(addr: SocketAddr, tunnel: &str, upstream: &str) -> AgentConfig {
 
 #[tokio::test]
 async fn defaults_health_and_sigterm_exit_zero() {
-    let mut d = Daemon::spawn(&["--port", "0"], &[]);
+    let mut d = Process::gateway(&["--port", "0"], &[]);
     let addr = d.addr();
     d.wait_line("running on built-in defaults");
     let resp = client()
@@ -214,7 +71,7 @@ async fn defaults_health_and_sigterm_exit_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_in_flight_at_sigterm_completes() {
     let up = TestUpstream::start().await;
-    let mut d = Daemon::spawn(&["--port", "0"], &[]);
+    let mut d = Process::gateway(&["--port", "0"], &[]);
     let addr = d.addr();
     let agent = gateway::agent::connect(&agent_for(addr, "demo", &up.url()))
         .await
@@ -283,7 +140,7 @@ async fn second_signal_exits_at_once() {
         "g.toml",
         "[timeouts]\nshutdown_grace = \"60s\"\n[[tunnels]]\nid = \"demo\"\n",
     );
-    let mut d = Daemon::spawn(&["--port", "0", "--config", cfg.to_str().unwrap()], &[]);
+    let mut d = Process::gateway(&["--port", "0", "--config", cfg.to_str().unwrap()], &[]);
     let addr = d.addr();
     let _agent = {
         let c = gateway::agent::connect(&agent_for(addr, "demo", &up.url()))
@@ -336,7 +193,7 @@ fn ready_and_stopping_reach_notify_socket() {
     let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
     sock.set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
-    let mut d = Daemon::spawn(
+    let mut d = Process::gateway(
         &["--port", "0"],
         &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
     );
@@ -440,7 +297,7 @@ async fn log_file_is_written_and_flushed() {
             logs.to_str().unwrap()
         ),
     );
-    let mut d = Daemon::spawn(&["--port", "0", "--config", cfg.to_str().unwrap()], &[]);
+    let mut d = Process::gateway(&["--port", "0", "--config", cfg.to_str().unwrap()], &[]);
     let addr = d.addr();
     let resp = client()
         .get(format!("http://{addr}/anything"))
@@ -473,7 +330,7 @@ async fn sighup_reloads_tunnels() {
     let up = TestUpstream::start().await;
     let dir = TempDir::new();
     let cfg = dir.write("g.toml", "[[tunnels]]\nid = \"one\"\n");
-    let d = Daemon::spawn(&["--port", "0", "--config", cfg.to_str().unwrap()], &[]);
+    let d = Process::gateway(&["--port", "0", "--config", cfg.to_str().unwrap()], &[]);
     let addr = d.addr();
     let refused = gateway::agent::connect(&agent_for(addr, "two", &up.url())).await;
     assert!(refused.is_err(), "tunnel two is not configured yet");
@@ -507,7 +364,7 @@ fn watchdog_pings_at_half_the_interval() {
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     // systemd's WatchdogSec=400ms: pings are due every 200 ms.
-    let mut d = Daemon::spawn(
+    let mut d = Process::gateway(
         &["--port", "0"],
         &[
             ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),

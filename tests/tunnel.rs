@@ -10,21 +10,18 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use gateway::agent::{self, AgentConfig};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use gateway::agent::AgentConfig;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use common::process::{Process, TempDir};
 use common::*;
 
 /// The gateway's agent list, as JSON.
@@ -621,109 +618,28 @@ async fn client_leaving_mid_response_does_not_break_the_next_request() {
 // Streaming through the real `gateway` binary, with its memory measured.
 // ---------------------------------------------------------------------------------
 
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The real `gateway` binary, started with `--port 0`; killed on drop.
+/// The real `gateway` binary with `config_toml`, on port 0.
 struct GatewayProcess {
-    child: tokio::process::Child,
+    proc: Process,
     addr: SocketAddr,
-    pid: u32,
-    log: Arc<Mutex<Vec<String>>>,
     _dir: TempDir,
 }
 
 impl GatewayProcess {
     async fn start(config_toml: &str) -> Self {
-        let dir = TempDir::new("gateway-tunnel-test");
-        let config = dir.path().join("gateway.toml");
-        std::fs::write(&config, config_toml).expect("write config");
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .arg("--config")
-            .arg(&config)
-            .args(["--port", "0", "--log-level", "info"])
-            .env_remove("RUST_LOG")
-            .env_remove("GATEWAY_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn gateway");
-        let pid = child.id().expect("pid");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let addr = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(line) = lines.next_line().await.expect("read stderr") {
-                log.lock().unwrap().push(line.clone());
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().expect("address");
-                    return addr.parse::<SocketAddr>().expect("listening address");
-                }
-            }
-            panic!(
-                "gateway exited before listening:\n{}",
-                log.lock().unwrap().join("\n")
-            );
-        })
-        .await
-        .expect("gateway listening within 10 s");
-        // Keep reading stderr so the gateway never blocks on a full pipe.
-        let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let dir = TempDir::new();
+        let config = dir.write("gateway.toml", config_toml);
+        let config = config.to_str().expect("utf-8 path");
+        let proc = Process::gateway(
+            &["--config", config, "--port", "0", "--log-level", "info"],
+            &[],
+        );
+        let addr = proc.addr_async().await;
         GatewayProcess {
-            child,
+            proc,
             addr,
-            pid,
-            log,
             _dir: dir,
         }
-    }
-
-    /// A field of /proc/<pid>/status, in KiB.
-    fn status_kib(&self, key: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-            .unwrap_or_else(|| panic!("{key} not in /proc/{}/status", self.pid))
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
     }
 }
 
@@ -782,7 +698,7 @@ async fn streams_200_mib_each_way_with_bounded_gateway_memory() {
     let resp = c.get(format!("{base}/about")).send().await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "about page from upstream");
 
-    let rss_before = gw.status_kib("VmRSS");
+    let rss_before = gw.proc.status_kib("VmRSS");
     let pattern = pattern_buffer();
 
     // Upload: the upstream's /sink answers "<length> <fnv hash>".
@@ -858,8 +774,8 @@ async fn streams_200_mib_each_way_with_bounded_gateway_memory() {
     .expect("transfers finish within 90 s");
     let elapsed = started.elapsed();
 
-    let peak = gw.status_kib("VmHWM");
-    let rss_after = gw.status_kib("VmRSS");
+    let peak = gw.proc.status_kib("VmHWM");
+    let rss_after = gw.proc.status_kib("VmRSS");
     let growth_mib = peak.saturating_sub(rss_before) as f64 / 1024.0;
     println!(
         "400 MiB in {elapsed:?}; gateway VmRSS before {rss_before} KiB, VmHWM {peak} KiB, \
@@ -874,7 +790,7 @@ async fn streams_200_mib_each_way_with_bounded_gateway_memory() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let logged = |path: &str| {
-            gw.log.lock().unwrap().iter().any(|l| {
+            gw.proc.log().lines().any(|l| {
                 l.contains("gateway::access")
                     && l.contains(&format!("path={path} "))
                     && l.contains("tunnel=demo")
@@ -887,29 +803,8 @@ async fn streams_200_mib_each_way_with_bounded_gateway_memory() {
         assert!(
             Instant::now() < deadline,
             "access log lines for /bytes and /sink (status=200, tunnel=demo) missing:\n{}",
-            gw.log.lock().unwrap().join("\n")
+            gw.proc.log()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// The agent connects to the real binary too, and `agent::connect` returns only
-/// after the hello: a sanity check of the helper above.
-#[tokio::test]
-async fn gateway_binary_reports_its_address_and_serves_agents() {
-    let up = TestUpstream::start().await;
-    let gw = GatewayProcess::start("[[tunnels]]\nid = \"demo\"\n").await;
-    assert_ne!(gw.addr.port(), 0);
-    let connected = agent::connect(&AgentConfig {
-        gateway: format!("ws://{}/ws", gw.addr),
-        tunnel: "demo".into(),
-        token: None,
-        upstream: up.url(),
-        grace: Duration::from_secs(5),
-    })
-    .await
-    .expect("connects");
-    assert_eq!(connected.hello.tunnel, "demo");
-    assert_eq!(connected.hello.kind, "hello");
-    assert!(!connected.hello.connection_id.is_empty());
 }

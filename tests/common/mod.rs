@@ -2,6 +2,8 @@
 //! 127.0.0.1 port 0, each returning only once it is ready, each stopped on drop.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
