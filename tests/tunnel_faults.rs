@@ -549,6 +549,27 @@ async fn no_agent_gives_503() {
     assert_eq!(body["request_id"], "my-id");
 }
 
+/// A /forward target that is not a valid path is the client's mistake: 400, said so.
+#[tokio::test]
+async fn invalid_forward_path_is_a_bad_request() {
+    let gw = TestGateway::start_default().await;
+    let resp = client()
+        .post(gw.url("/forward"))
+        .header("x-forward-path", "/a b")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["x-gateway-error"], "bad_request");
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("Invalid target path \"/a b\"")
+    );
+}
+
 /// An agent whose upstream is down answers 502 itself, saying so; the next request
 /// gets the same answer (the stream is not left in a broken state).
 #[tokio::test]

@@ -23,6 +23,8 @@ pub enum ErrorKind {
     AgentLost,
     /// The gateway is shutting down.
     Draining,
+    /// The request cannot be forwarded as it is (e.g. an invalid X-Forward-Path).
+    BadRequest(String),
 }
 
 impl ErrorKind {
@@ -32,6 +34,7 @@ impl ErrorKind {
             ErrorKind::NoAgent(_) | ErrorKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::AgentLost => StatusCode::BAD_GATEWAY,
+            ErrorKind::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -44,6 +47,7 @@ impl ErrorKind {
             ErrorKind::Timeout(_) => "upstream_timeout",
             ErrorKind::AgentLost => "agent_lost",
             ErrorKind::Draining => "draining",
+            ErrorKind::BadRequest(_) => "bad_request",
         }
     }
 
@@ -62,6 +66,7 @@ impl ErrorKind {
                 "The agent's connection was lost before the upstream answered".to_owned()
             }
             ErrorKind::Draining => "The gateway is shutting down".to_owned(),
+            ErrorKind::BadRequest(why) => why.clone(),
         }
     }
 

@@ -301,7 +301,9 @@ async fn proxy(
         Kind::Forward => forward_target(&req),
     };
     let Ok(uri) = Uri::try_from(target.as_str()) else {
-        return Err(fail(ErrorKind::NoTunnel));
+        return Err(fail(ErrorKind::BadRequest(format!(
+            "Invalid target path {target:?}: use an absolute path such as /api/items?id=1"
+        ))));
     };
     *req.uri_mut() = uri;
     *req.version_mut() = http::Version::HTTP_11;
