@@ -88,22 +88,11 @@ async fn request_in_flight_at_sigterm_completes() {
             .await
     });
     // Wait until the request is really in flight at the agent.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let list: serde_json::Value = client()
-            .get(format!("http://{addr}/connections"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if list[0]["requests_in_flight"].as_u64() == Some(1) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "request never in flight: {list}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let connections = format!("http://{addr}/connections");
+    wait_json(&connections, "a request in flight", |l| {
+        l[0]["requests_in_flight"].as_u64() == Some(1)
+    })
+    .await;
     d.signal("TERM");
     let resp = slow.await.unwrap().expect("slow request completes");
     assert_eq!(resp.status(), 200);
@@ -124,12 +113,7 @@ async fn request_in_flight_at_sigterm_completes() {
         .await
         .expect("agent session ends with the gateway")
         .unwrap();
-    assert_ne!(
-        end,
-        gateway::transport::SessionEnd::Drained {
-            unfinished_streams: 1
-        }
-    );
+    assert_eq!(end, gateway::transport::SessionEnd::Closed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,21 +144,11 @@ async fn second_signal_exits_at_once() {
             .await
     });
     d.wait_line("agent connected");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !d.log().contains("agent connected") || {
-        let l: serde_json::Value = client()
-            .get(format!("http://{addr}/connections"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        l[0]["requests_in_flight"].as_u64() != Some(1)
-    } {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let connections = format!("http://{addr}/connections");
+    wait_json(&connections, "a request in flight", |l| {
+        l[0]["requests_in_flight"].as_u64() == Some(1)
+    })
+    .await;
     d.signal("TERM");
     d.wait_line("draining");
     d.signal("TERM");

@@ -679,22 +679,10 @@ async fn streams_200_mib_each_way_with_bounded_gateway_memory() {
     let base = format!("http://{}", gw.addr);
 
     // Ready and warmed up: one agent, one proxied request.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let health: serde_json::Value = c
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if health["agents"] == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "agent never registered");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_json(&format!("{base}/health"), "the agent registering", |h| {
+        h["agents"] == 1
+    })
+    .await;
     let resp = c.get(format!("{base}/about")).send().await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "about page from upstream");
 

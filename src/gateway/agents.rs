@@ -120,6 +120,10 @@ pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> R
     let grace = config.timeouts.shutdown_grace;
     let session_state = state.clone();
     let mut shutdown = state.shutdown.subscribe();
+    // Held until the session has closed its WebSocket: `stop` below drops its own
+    // receiver as soon as draining starts, and the daemon exits once no receiver
+    // is left, which would cut the close frame off.
+    let drain_guard = state.shutdown.subscribe();
     let hello = Hello {
         kind: "hello".into(),
         version: protocol::PROTOCOL_VERSION,
@@ -206,6 +210,7 @@ pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> R
                 }
                 SessionEnd::Failed(reason) => tracing::warn!(%reason, "agent session failed"),
             }
+            drop(drain_guard);
         }
         .instrument(span),
     );

@@ -355,6 +355,34 @@ impl TestAgent {
     }
 }
 
+/// Polls `url` (JSON) until `done` holds for it; panics with `what` and the last
+/// answer after 10 s. Returns the answer that satisfied `done`.
+pub async fn wait_json(
+    url: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer: serde_json::Value = client()
+            .get(url)
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("JSON answer");
+        if done(&answer) {
+            return answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within 10 s; last answer: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// An HTTP client with no proxy and no connection reuse surprises.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
