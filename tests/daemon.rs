@@ -12,6 +12,14 @@ use common::process::{GATEWAY_BIN, Process, TempDir};
 use common::*;
 use gateway::agent::AgentConfig;
 
+/// A datagram socket standing in for systemd's NOTIFY_SOCKET, and its path.
+fn notify_socket(dir: &TempDir, timeout: Duration) -> (UnixDatagram, String) {
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    (sock, path.to_str().expect("utf-8 path").to_owned())
+}
+
 fn run_to_end(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(GATEWAY_BIN)
         .args(args)
@@ -163,14 +171,8 @@ async fn second_signal_exits_at_once() {
 #[test]
 fn ready_and_stopping_reach_notify_socket() {
     let dir = TempDir::new();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    let mut d = Process::gateway(
-        &["--port", "0"],
-        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
-    );
+    let (sock, sock_path) = notify_socket(&dir, Duration::from_secs(15));
+    let mut d = Process::gateway(&["--port", "0"], &[("NOTIFY_SOCKET", sock_path.as_str())]);
     let mut buf = [0u8; 1024];
     let n = sock.recv(&mut buf).expect("a notification within 15 s");
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -333,15 +335,12 @@ async fn sighup_reloads_tunnels() {
 #[test]
 fn watchdog_pings_at_half_the_interval() {
     let dir = TempDir::new();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let (sock, sock_path) = notify_socket(&dir, Duration::from_secs(10));
     // systemd's WatchdogSec=400ms: pings are due every 200 ms.
     let mut d = Process::gateway(
         &["--port", "0"],
         &[
-            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("NOTIFY_SOCKET", sock_path.as_str()),
             ("WATCHDOG_USEC", "400000"),
         ],
     );

@@ -268,10 +268,18 @@ fn totals(gw: &TestGateway, a: &str, b: &str) -> (u64, u64) {
     (total(a), total(b))
 }
 
-/// Two agents of one tunnel both get traffic; one leaves gracefully and the other
-/// takes everything, including on the client's kept-alive connections.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_agents_share_and_one_leaves_gracefully() {
+/// Two agents of tunnel `demo`, each in front of its own upstream, both shown to
+/// receive traffic (and counted right) before the test goes on.
+struct Shared {
+    _upstreams: (TestUpstream, TestUpstream),
+    gw: TestGateway,
+    agent_a: TestAgent,
+    agent_b: TestAgent,
+    c: reqwest::Client,
+    url: String,
+}
+
+async fn two_agents_sharing() -> Shared {
     let up_a = named_slow_upstream("a").await;
     let up_b = named_slow_upstream("b").await;
     let gw = TestGateway::start_default().await;
@@ -285,6 +293,28 @@ async fn two_agents_share_and_one_leaves_gracefully() {
     let (a, b) = spread(&c, &url, 40).await;
     assert!(a > 0 && b > 0, "both agents get traffic: a={a} b={b}");
     assert_eq!(totals(&gw, &id_a, &id_b), (a as u64, b as u64));
+    Shared {
+        _upstreams: (up_a, up_b),
+        gw,
+        agent_a,
+        agent_b,
+        c,
+        url,
+    }
+}
+
+/// Two agents of one tunnel both get traffic; one leaves gracefully and the other
+/// takes everything, including on the client's kept-alive connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_share_and_one_leaves_gracefully() {
+    let Shared {
+        _upstreams,
+        gw,
+        agent_a,
+        agent_b,
+        c,
+        url,
+    } = two_agents_sharing().await;
 
     // Agent A leaves as on SIGTERM: it drains, and nothing was cut off.
     let stopping = Instant::now();
@@ -365,19 +395,14 @@ async fn agent_leaving_gracefully_finishes_the_request_in_flight() {
 /// takes all the traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_share_and_one_is_killed() {
-    let up_a = named_slow_upstream("a").await;
-    let up_b = named_slow_upstream("b").await;
-    let gw = TestGateway::start_default().await;
-    let agent_a = TestAgent::start(&gw, "demo", &up_a.url()).await;
-    let agent_b = TestAgent::start(&gw, "demo", &up_b.url()).await;
-    gw.wait_agents("demo", 2).await;
-    let (id_a, id_b) = (agent_a.connection_id.clone(), agent_b.connection_id.clone());
-    let c = client();
-    let url = gw.url("/who");
-
-    let (a, b) = spread(&c, &url, 40).await;
-    assert!(a > 0 && b > 0, "both agents get traffic: a={a} b={b}");
-    assert_eq!(totals(&gw, &id_a, &id_b), (a as u64, b as u64));
+    let Shared {
+        _upstreams,
+        gw,
+        agent_a,
+        agent_b,
+        c,
+        url,
+    } = two_agents_sharing().await;
 
     agent_b.kill();
     gw.wait_agents("demo", 1).await;
