@@ -11,24 +11,23 @@
 //! retrying cannot fix.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use http::HeaderValue;
+use bytes::Bytes;
+use http::{HeaderValue, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::config::Secret;
 use crate::protocol::{self, Hello, REASON_HEADER, SUBPROTOCOL, TUNNEL_HEADER, UPSTREAM_HEADER};
 use crate::shutdown::signalled;
-use crate::transport::{self, Session, SessionEnd, Signals, StreamIo, WsIo};
+use crate::transport::{Role, Session, SessionEnd, Signals, StreamIo, WsIo, close_code, ws_io};
 
 /// First reconnect delay (before jitter).
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -178,99 +177,257 @@ impl AgentError {
     }
 }
 
+/// The WebSocket to the gateway, after the upgrade.
+type GatewayIo = TokioIo<Upgraded>;
+
 /// A session with the gateway, after the hello.
 pub struct Connected {
     pub hello: Hello,
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WsIo<GatewayIo>,
+    signals: Arc<Signals>,
 }
 
 /// Dials the gateway and waits for its hello.
 pub async fn connect(cfg: &AgentConfig) -> Result<Connected, AgentError> {
-    // rustls needs a process-wide crypto provider for wss://; ours is ring. An
-    // error only means one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut request =
-        cfg.gateway.as_str().into_client_request().map_err(|e| {
-            AgentError::Config(format!("--gateway {:?} is invalid: {e}", cfg.gateway))
-        })?;
+    let target = GatewayUrl::parse(&cfg.gateway)?;
     let upstream = Upstream::parse(&cfg.upstream)?;
-    let h = request.headers_mut();
     let header = |v: &str| {
         HeaderValue::from_str(v)
             .map_err(|_| AgentError::Config(format!("{v:?} cannot be sent as a header")))
     };
-    h.insert(TUNNEL_HEADER, header(&cfg.tunnel)?);
-    h.insert(UPSTREAM_HEADER, header(&upstream.display())?);
-    h.insert(
-        http::header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(SUBPROTOCOL),
-    );
+    let key = ws_io::client_key();
+    let mut request = Request::get(target.path_and_query.as_str())
+        .header(header::HOST, header(&target.authority)?)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+        .header(header::SEC_WEBSOCKET_KEY, header(&key)?)
+        .header(header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL)
+        .header(
+            header::USER_AGENT,
+            concat!("gateway-agent/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(TUNNEL_HEADER, header(&cfg.tunnel)?)
+        .header(UPSTREAM_HEADER, header(&upstream.display())?)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| AgentError::Config(format!("cannot build the handshake: {e}")))?;
     if let Some(token) = &cfg.token {
-        h.insert(
-            http::header::AUTHORIZATION,
+        request.headers_mut().insert(
+            header::AUTHORIZATION,
             header(&format!("Bearer {}", token.expose()))?,
         );
     }
 
-    let dial = tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        Some(transport::ws_config()),
-        true, // TCP_NODELAY
-        None,
-    );
-    let (mut ws, _) = match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
-        Err(_) => {
-            return Err(AgentError::Transient(format!(
-                "no answer from {} within {:?}",
-                cfg.gateway, CONNECT_TIMEOUT
-            )));
-        }
-        Ok(Err(e)) => return Err(classify(e)),
-        Ok(Ok(pair)) => pair,
+    let handshake = async {
+        let io = target.dial().await?;
+        let upgraded = upgrade(io, request, &key).await?;
+        let signals = Arc::new(Signals::default());
+        // The gateway's heartbeat is not known before its hello; `serve` starts
+        // the pings once it is.
+        let mut ws = WsIo::new(
+            upgraded,
+            Role::Client,
+            None,
+            close_code::AWAY,
+            signals.clone(),
+        );
+        let text = ws
+            .recv_text()
+            .await
+            .map_err(|e| AgentError::Transient(format!("no hello from the gateway: {e}")))?;
+        let hello = serde_json::from_str::<Hello>(&text)
+            .map_err(|e| AgentError::Transient(format!("the gateway's hello is malformed: {e}")))?;
+        Ok::<_, AgentError>(Connected { hello, ws, signals })
     };
-    let first = tokio::time::timeout(CONNECT_TIMEOUT, ws.next()).await;
-    let hello = match first {
-        Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Hello>(text.as_str())
-            .map_err(|e| AgentError::Transient(format!("the gateway's hello is malformed: {e}")))?,
-        Ok(Some(Ok(other))) => {
-            return Err(AgentError::Transient(format!(
-                "expected the gateway's hello, got {other:?}"
-            )));
-        }
-        Ok(Some(Err(e))) => return Err(AgentError::Transient(e.to_string())),
-        Ok(None) => {
-            return Err(AgentError::Transient(
-                "the gateway closed the connection".into(),
-            ));
-        }
-        Err(_) => return Err(AgentError::Transient("the gateway sent no hello".into())),
-    };
-    Ok(Connected { hello, ws })
+    match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+        Ok(r) => r,
+        Err(_) => Err(AgentError::Transient(format!(
+            "no answer from {} within {:?}",
+            cfg.gateway, CONNECT_TIMEOUT
+        ))),
+    }
 }
 
-fn classify(e: tungstenite::Error) -> AgentError {
-    match e {
-        tungstenite::Error::Http(resp) => {
-            let status = resp.status().as_u16();
-            let reason = resp
-                .headers()
-                .get(REASON_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .or_else(|| {
-                    resp.body()
-                        .as_ref()
-                        .map(|b| String::from_utf8_lossy(b).trim().to_owned())
-                })
-                .unwrap_or_else(|| "no reason given".into());
-            match status {
-                400 | 401 | 403 | 404 => AgentError::Refused { status, reason },
-                _ => AgentError::Transient(format!("the gateway answered {status}: {reason}")),
-            }
+/// A parsed `--gateway` URL.
+struct GatewayUrl {
+    tls: bool,
+    host: String,
+    port: u16,
+    /// `host[:port]` as written, for the Host header.
+    authority: String,
+    path_and_query: String,
+}
+
+impl GatewayUrl {
+    fn parse(url: &str) -> Result<GatewayUrl, AgentError> {
+        let bad = |why: &str| {
+            AgentError::Config(format!(
+                "--gateway {url:?} is invalid: {why}; expected ws://HOST[:PORT]/ws or wss://HOST[:PORT]/ws"
+            ))
+        };
+        let uri: Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            Some(other) => return Err(bad(&format!("the scheme is {other}://"))),
+            None => return Err(bad("no scheme")),
+        };
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad(
+                "user info is not supported; pass the token with --token",
+            ));
         }
-        tungstenite::Error::Url(e) => AgentError::Config(format!("--gateway is invalid: {e}")),
-        other => AgentError::Transient(other.to_string()),
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(GatewayUrl {
+            tls,
+            host: host.to_owned(),
+            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            authority: authority.as_str().to_owned(),
+            path_and_query: uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "/".into()),
+        })
     }
+
+    /// TCP (and TLS for wss://) to the gateway.
+    async fn dial(&self) -> Result<Box<dyn Io>, AgentError> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| {
+                AgentError::Transient(format!("cannot reach {}:{}: {e}", self.host, self.port))
+            })?;
+        let _ = tcp.set_nodelay(true);
+        if !self.tls {
+            return Ok(Box::new(tcp));
+        }
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
+            AgentError::Config(format!("{:?} is not a TLS server name: {e}", self.host))
+        })?;
+        let tls = tokio_rustls::TlsConnector::from(tls_config()?)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                AgentError::Transient(format!(
+                    "TLS handshake with {}:{} failed: {e}",
+                    self.host, self.port
+                ))
+            })?;
+        Ok(Box::new(tls))
+    }
+}
+
+/// What the agent's WebSocket runs on: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// The TLS client settings: the system's trusted roots (`SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` are honoured), loaded once.
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, AgentError> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            // rustls needs a process-wide crypto provider; ours is ring. An error
+            // only means one is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "no trusted root certificates found for wss:// (install ca-certificates, or set SSL_CERT_FILE){}",
+                    found
+                        .errors
+                        .first()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+            Ok(Arc::new(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            ))
+        })
+        .clone()
+        .map_err(AgentError::Config)
+}
+
+/// Sends the upgrade request and checks the answer; a refusal becomes an error
+/// carrying the gateway's reason.
+async fn upgrade(
+    io: Box<dyn Io>,
+    request: Request<Empty<Bytes>>,
+    key: &str,
+) -> Result<GatewayIo, AgentError> {
+    let transient =
+        |e: hyper::Error| AgentError::Transient(format!("handshake with the gateway failed: {e}"));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(transient)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let resp = sender.send_request(request).await.map_err(transient)?;
+    let status = resp.status();
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let reason = resp
+            .headers()
+            .get(REASON_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let reason = match reason {
+            Some(r) => r,
+            None => match Limited::new(resp.into_body(), 4096).collect().await {
+                Ok(body) => String::from_utf8_lossy(&body.to_bytes()).trim().to_owned(),
+                Err(_) => String::new(),
+            },
+        };
+        let reason = if reason.is_empty() {
+            "no reason given".into()
+        } else {
+            reason
+        };
+        let status = status.as_u16();
+        return Err(match status {
+            400 | 401 | 403 | 404 => AgentError::Refused { status, reason },
+            _ => AgentError::Transient(format!("the gateway answered {status}: {reason}")),
+        });
+    }
+    let accept = resp
+        .headers()
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    if accept != Some(ws_io::accept_key(key).as_str()) {
+        return Err(AgentError::Transient(
+            "the WebSocket handshake is invalid (Sec-WebSocket-Accept does not match); is --gateway a gateway?".into(),
+        ));
+    }
+    let protocol = resp
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    if let Some(p) = protocol
+        && p != SUBPROTOCOL
+    {
+        return Err(AgentError::Transient(format!(
+            "the gateway chose protocol {p:?}, not {SUBPROTOCOL}"
+        )));
+    }
+    let upgraded = hyper::upgrade::on(resp)
+        .await
+        .map_err(|e| AgentError::Transient(format!("the WebSocket upgrade failed: {e}")))?;
+    Ok(TokioIo::new(upgraded))
 }
 
 impl Connected {
@@ -282,11 +439,10 @@ impl Connected {
         mut shutdown: watch::Receiver<bool>,
         grace: Duration,
     ) -> SessionEnd {
-        let signals = Arc::new(Signals::default());
         let heartbeat = Duration::from_secs(self.hello.heartbeat_secs.max(1));
-        let io = WsIo::new(self.ws, Some(heartbeat), CloseCode::Away, signals.clone());
+        let io = self.ws.with_heartbeat(Some(heartbeat));
         let upstream = Arc::new(upstream);
-        let session = Session::server(io, signals, move |stream| {
+        let session = Session::server(io, self.signals, move |stream| {
             tokio::spawn(splice(stream, upstream.clone()));
         });
         session
@@ -431,6 +587,36 @@ mod tests {
         assert!(Upstream::parse("https://x:1").is_err());
         assert!(Upstream::parse("http://x:1/path").is_err());
         assert!(Upstream::parse("x:notaport").is_err());
+    }
+
+    #[test]
+    fn gateway_urls() {
+        let u = GatewayUrl::parse("ws://127.0.0.1:3000/ws").unwrap();
+        assert!(!u.tls);
+        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 3000));
+        assert_eq!(
+            (u.authority.as_str(), u.path_and_query.as_str()),
+            ("127.0.0.1:3000", "/ws")
+        );
+        let u = GatewayUrl::parse("wss://gw.example.com/ws?x=1").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.host.as_str(), u.port), ("gw.example.com", 443));
+        assert_eq!(u.path_and_query, "/ws?x=1");
+        let u = GatewayUrl::parse("ws://[::1]:8080").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path_and_query.as_str()),
+            ("::1", 8080, "/")
+        );
+        for bad in [
+            "http://gw/ws",
+            "gw:3000",
+            "ws:///ws",
+            "ws://user:pw@gw/ws",
+            "not a url",
+        ] {
+            let err = GatewayUrl::parse(bad).err().expect(bad).to_string();
+            assert!(err.starts_with("--gateway"), "{bad}: {err}");
+        }
     }
 
     #[test]

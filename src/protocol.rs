@@ -25,12 +25,6 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// Bytes of yamux output gathered into one WebSocket message at most.
 pub const WRITE_BATCH: usize = 64 * 1024;
-/// Read buffer of the WebSocket codec. tungstenite zero-fills all of it on every
-/// read and an idle session keeps it resident: 16 KiB made idle agents cost 22 KiB
-/// each, 4 KiB 11 KiB, with no loss on 1 MiB bodies (bench/run, 2026-11-26).
-pub const WS_READ_BUFFER: usize = 4 * 1024;
-/// The WebSocket codec writes to the socket once this much is queued.
-pub const WS_WRITE_BUFFER: usize = 128 * 1024;
 /// Upper bound on streams per agent session.
 pub const MAX_STREAMS: usize = 2048;
 /// Copy buffer per direction in the agent's splice.

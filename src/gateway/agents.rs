@@ -7,21 +7,15 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State as AxState};
-use futures_util::SinkExt;
 use http::{HeaderValue, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::Instrument;
 
 use super::{ConnCtx, State};
 use crate::protocol::{self, Hello, REASON_HEADER, SUBPROTOCOL, TUNNEL_HEADER, UPSTREAM_HEADER};
 use crate::registry::Agent;
 use crate::shutdown::signalled;
-use crate::transport::{self, Opener, Session, SessionEnd, Signals, WsIo};
+use crate::transport::{Opener, Role, Session, SessionEnd, Signals, WsIo, close_code, ws_io};
 
 fn refuse(status: StatusCode, reason: String) -> Response<Body> {
     tracing::warn!(status = status.as_u16(), %reason, "agent refused");
@@ -142,19 +136,20 @@ pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> R
                     return;
                 }
             };
-            let mut ws = WebSocketStream::from_raw_socket(
+            let signals = Arc::new(Signals::default());
+            let mut io = WsIo::new(
                 TokioIo::new(upgraded),
                 Role::Server,
-                Some(transport::ws_config()),
-            )
-            .await;
+                Some(heartbeat),
+                close_code::AWAY,
+                signals.clone(),
+            );
             let Ok(hello_text) = serde_json::to_string(&hello) else {
                 return;
             };
             // Registered before the hello goes out, so that a request sent as soon
             // as the agent sees its hello finds it; streams asked for in between
             // wait in the queue until the session runs.
-            let signals = Arc::new(Signals::default());
             let (opener, queue) = Opener::channel();
             let agent = Arc::new(Agent::new(
                 connection_id.clone(),
@@ -165,12 +160,11 @@ pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> R
                 signals.clone(),
             ));
             session_state.registry.insert(agent.clone());
-            if let Err(e) = ws.send(Message::Text(hello_text.into())).await {
+            if let Err(e) = io.send_text(&hello_text).await {
                 session_state.registry.remove(&connection_id);
                 tracing::warn!(error = %e, "cannot send hello to agent");
                 return;
             }
-            let io = WsIo::new(ws, Some(heartbeat), CloseCode::Away, signals.clone());
             let session = Session::client_with(io, signals.clone(), queue);
             tracing::info!(upstream = agent.upstream.as_deref().unwrap_or("-"), "agent connected");
 
@@ -220,7 +214,7 @@ pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> R
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+    if let Ok(v) = HeaderValue::from_str(&ws_io::accept_key(&key)) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     if echo_protocol {

@@ -1,7 +1,8 @@
 //! The tunnel transport: a WebSocket in, "open a stream to this agent" out.
 //!
-//! - [`ws_io`] turns a WebSocket's binary messages into one byte stream (and
-//!   batches flushes, pings the peer, reads control messages);
+//! - [`ws_io`] is the WebSocket codec: binary messages as one byte stream (it
+//!   also batches flushes, pings the peer, reads control messages, and has the
+//!   handshake's key functions);
 //! - [`session`] runs a yamux session over that byte stream: on the gateway it
 //!   opens streams on request, on the agent it hands out the streams the gateway
 //!   opens;
@@ -17,19 +18,4 @@ pub mod ws_io;
 
 pub use session::{OpenQueue, Opener, Session, SessionEnd, TunnelError};
 pub use stream_io::StreamIo;
-pub use ws_io::{Signals, WsIo};
-
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-
-use crate::protocol;
-
-/// WebSocket codec settings used by both ends (see PERFORMANCE.md: tungstenite
-/// zero-fills its read buffer, so a small one is faster).
-pub fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(protocol::WS_READ_BUFFER)
-        .write_buffer_size(protocol::WS_WRITE_BUFFER)
-        .max_write_buffer_size(protocol::WS_WRITE_BUFFER * 8)
-        .max_message_size(Some(protocol::MAX_MESSAGE))
-        .max_frame_size(Some(protocol::MAX_MESSAGE))
-}
+pub use ws_io::{Role, Signals, WsIo, close_code};
