@@ -576,7 +576,8 @@ async fn websocket_close_handshake_passes_through() {
 }
 
 /// A client that goes away in the middle of a large response leaves nothing behind:
-/// the request stops counting as in flight and the next requests work.
+/// the request stops counting as in flight, the agent lets go of the upstream's
+/// connection (the upstream stops sending), and the next requests work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_leaving_mid_response_does_not_break_the_next_request() {
     let up = TestUpstream::start().await;
@@ -597,6 +598,18 @@ async fn client_leaving_mid_response_does_not_break_the_next_request() {
     let base = gw.url("");
     let observer = client();
     wait_idle(&observer, &base).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up
+        .bodies_in_flight
+        .load(std::sync::atomic::Ordering::SeqCst)
+        > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream is still sending the abandoned body 5 s after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     for _ in 0..3 {
         let resp = c.get(gw.url("/about")).send().await.unwrap();

@@ -7,11 +7,12 @@ pub mod process;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::Query;
+use axum::extract::{Extension, Query};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::routing::{any, get};
 use futures_util::{SinkExt, StreamExt};
@@ -31,6 +32,9 @@ use tokio::task::JoinHandle;
 /// `/` and anything else: "upstream root <METHOD> <PATH>" plus the body.
 pub struct TestUpstream {
     pub addr: SocketAddr,
+    /// `/bytes` bodies being sent right now (one ends when it is complete or its
+    /// connection closes).
+    pub bodies_in_flight: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -106,15 +110,32 @@ async fn slow(Query(q): Query<SlowQuery>, body: Bytes) -> String {
     format!("slow done {}", String::from_utf8_lossy(&body))
 }
 
-async fn bytes(Query(q): Query<BytesQuery>) -> Body {
+/// Counts itself in [`TestUpstream::bodies_in_flight`] while it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn bytes(
+    Extension(in_flight): Extension<Arc<AtomicUsize>>,
+    Query(q): Query<BytesQuery>,
+) -> Body {
     let n = q.n;
-    let stream = futures_util::stream::unfold(0u64, move |sent| async move {
+    in_flight.fetch_add(1, Ordering::SeqCst);
+    let guard = InFlight(in_flight);
+    let stream = futures_util::stream::unfold((0u64, guard), move |(sent, guard)| async move {
         if sent >= n {
             return None;
         }
         let len = (n - sent).min(64 * 1024);
         let chunk: Vec<u8> = (sent..sent + len).map(pattern_byte).collect();
-        Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), sent + len))
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(chunk)),
+            (sent + len, guard),
+        ))
     });
     Body::from_stream(stream)
 }
@@ -147,6 +168,8 @@ impl TestUpstream {
     }
 
     pub async fn serve(app: Router) -> Self {
+        let bodies_in_flight = Arc::new(AtomicUsize::new(0));
+        let app = app.layer(Extension(bodies_in_flight.clone()));
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -154,7 +177,11 @@ impl TestUpstream {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        TestUpstream { addr, task }
+        TestUpstream {
+            addr,
+            bodies_in_flight,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
