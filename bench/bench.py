@@ -529,6 +529,8 @@ def main():
     ap.add_argument("--seconds", type=int, help="seconds per run (overrides the mode)")
     ap.add_argument("--rounds", type=int, help="rounds (overrides the mode)")
     ap.add_argument("--no-memory", action="store_true", help="skip the idle-agents memory phase")
+    ap.add_argument("--bins", type=Path, help="directory holding gateway, gateway-agent and "
+                    "examples/many_agents (default: ROOT/target/release); for comparing builds")
     args = ap.parse_args()
     if args.quick:
         args.duration, args.warmup, rounds, agents = 1, 1, 1, [1000]
@@ -545,7 +547,7 @@ def main():
             ap.error(f"unknown scenario(s) {sorted(unknown)}; known: {[sc[0] for sc in SCENARIOS]}")
         SCENARIOS[:] = [sc for sc in SCENARIOS if sc[0] in wanted]
 
-    bins = args.root / "target" / "release"
+    bins = args.bins or args.root / "target" / "release"
     results_dir = args.root / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -574,6 +576,7 @@ def main():
             "order": "per round, per scenario: direct then tunnel",
             "nginx": "nginx worker_processes 1, access_log off, keepalive_requests 1e8",
             "gateway": "release build, log level warn, one open tunnel 'bench'",
+            "binaries": str(bins),
         },
         "targets": report.TARGETS,
         "scenarios": [{"id": s[0], "label": s[1], "path": s[2], "connections": s[3]}
