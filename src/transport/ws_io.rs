@@ -78,6 +78,8 @@ const DIRECT_READ_MIN: usize = 1024;
 const MAX_TEXT: usize = 64 * 1024;
 /// Largest control frame payload (RFC 6455 section 5.5).
 const MAX_CONTROL: usize = 125;
+/// How long our last frames (a close) may take to reach a peer that reads slowly.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Sealed frames handed to one vectored write.
 const MAX_IOVECS: usize = 16;
 
@@ -140,6 +142,14 @@ struct InFrame {
     mask_pos: usize,
 }
 
+/// How reading ended.
+enum Ending {
+    /// The peer's close frame arrived.
+    Closed,
+    /// A protocol violation, described.
+    Failed(String),
+}
+
 /// What one step of reading produced.
 enum Step {
     /// Payload bytes of a binary message, copied into the caller's buffer (0 when
@@ -167,7 +177,11 @@ pub struct WsIo<T> {
     message: Option<(Kind, u64)>,
     text: Vec<u8>,
     control: Vec<u8>,
-    close_received: bool,
+    /// How reading ends, once our last frames (our close) are written.
+    ending: Option<Ending>,
+    /// Bounds the wait for those frames: a peer that reads nothing cannot hold
+    /// the session open.
+    ending_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 
     // Writing.
     /// The open binary frame: a reserved header slot, then the payload.
@@ -214,7 +228,8 @@ where
             message: None,
             text: Vec::new(),
             control: Vec::new(),
-            close_received: false,
+            ending: None,
+            ending_deadline: None,
             wbuf: BytesMut::new(),
             wmask: [0; 4],
             last_sealed: 0,
@@ -490,12 +505,42 @@ where
         }
     }
 
-    /// Fails the stream: sends a close frame with `code` (best effort) and returns
-    /// the error to hand to the reader.
-    fn fail(&mut self, cx: &mut Context<'_>, code: u16, why: String) -> io::Error {
+    /// Fails the stream: queues a close frame with `code`; the reader gets the
+    /// error once it is written.
+    fn fail(&mut self, code: u16, why: String) {
         self.queue_close(code, &why);
-        let _ = self.poll_write_queue(cx);
-        io::Error::new(io::ErrorKind::InvalidData, format!("WebSocket: {why}"))
+        self.end(Ending::Failed(format!("WebSocket: {why}")));
+    }
+
+    fn end(&mut self, ending: Ending) {
+        if self.ending.is_none() {
+            self.ending = Some(ending);
+            self.ending_deadline = Some(Box::pin(tokio::time::sleep(CLOSE_WRITE_TIMEOUT)));
+        }
+    }
+
+    /// Once reading has ended: writes what is queued (our close frame), then
+    /// reports the end.
+    fn poll_ending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Step>> {
+        let written = match self.poll_write_queue(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => match self.ending_deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+                Some(Poll::Pending) => return Poll::Pending,
+                _ => Err(io::ErrorKind::TimedOut.into()),
+            },
+        };
+        if let Err(e) = written {
+            // The peer is gone or reads nothing: the end stands all the same.
+            tracing::debug!(error = %e, "could not send the WebSocket close frame");
+            self.queue.clear();
+            self.queued_bytes = 0;
+        }
+        Poll::Ready(match &self.ending {
+            Some(Ending::Failed(why)) => {
+                Err(io::Error::new(io::ErrorKind::InvalidData, why.clone()))
+            }
+            _ => Ok(Step::Closed),
+        })
     }
 
     /// Parses the next frame header from the read buffer, if it is all there.
@@ -636,14 +681,14 @@ where
     /// text message, or the peer's close.
     fn poll_step(&mut self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<Step>> {
         loop {
-            if self.close_received {
-                return Poll::Ready(Ok(Step::Closed));
+            if self.ending.is_some() {
+                return self.poll_ending(cx);
             }
             let Some(frame) = &mut self.frame else {
                 match self.parse_header() {
                     Ok(Some(frame)) => self.frame = Some(frame),
                     Ok(None) => ready!(self.poll_fill(cx))?,
-                    Err((code, why)) => return Poll::Ready(Err(self.fail(cx, code, why))),
+                    Err((code, why)) => self.fail(code, why),
                 }
                 continue;
             };
@@ -721,7 +766,8 @@ where
                         Ok(text) => return Poll::Ready(Ok(Step::Text(text))),
                         Err(_) => {
                             let why = "text message is not valid UTF-8".to_owned();
-                            return Poll::Ready(Err(self.fail(cx, close_code::INVALID_DATA, why)));
+                            self.fail(close_code::INVALID_DATA, why);
+                            continue;
                         }
                     }
                 }
@@ -733,14 +779,14 @@ where
                 }
                 Kind::Control(OP_CLOSE) => {
                     let payload = std::mem::take(&mut self.control);
-                    let code = match close_payload(&payload) {
-                        Ok(code) => code,
-                        Err((code, why)) => return Poll::Ready(Err(self.fail(cx, code, why))),
-                    };
-                    // Answer with the same code; the connection ends after it.
-                    self.queue_close(code.unwrap_or(close_code::NORMAL), "");
-                    let _ = self.poll_write_queue(cx);
-                    self.close_received = true;
+                    match close_payload(&payload) {
+                        Ok(code) => {
+                            // Answer with the same code; reading ends once it is out.
+                            self.queue_close(code.unwrap_or(close_code::NORMAL), "");
+                            self.end(Ending::Closed);
+                        }
+                        Err((code, why)) => self.fail(code, why),
+                    }
                 }
                 // Pongs (and nothing else reaches here) only prove the peer is alive.
                 _ => self.control.clear(),
@@ -924,7 +970,7 @@ where
         // Wait for the peer's close frame (the caller bounds this in time),
         // discarding whatever arrives before it.
         let mut scratch = [0u8; 2048];
-        while !this.close_received {
+        while !matches!(this.ending, Some(Ending::Closed)) {
             match ready!(this.poll_step(cx, &mut scratch)) {
                 Ok(Step::Closed) => break,
                 Ok(_) => {}
