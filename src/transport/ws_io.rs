@@ -80,6 +80,8 @@ const MAX_TEXT: usize = 64 * 1024;
 const MAX_CONTROL: usize = 125;
 /// How long our last frames (a close) may take to reach a peer that reads slowly.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Written frame buffers kept for reuse.
+const MAX_SPARES: usize = 2;
 /// Sealed frames handed to one vectored write.
 const MAX_IOVECS: usize = 16;
 
@@ -191,6 +193,8 @@ pub struct WsIo<T> {
     /// Size of the last frame sealed: a large one means more are coming, so the
     /// next frame's buffer is reserved whole instead of grown.
     last_sealed: usize,
+    /// Buffers of written frames, kept for the next ones.
+    spares: Vec<BytesMut>,
     /// Frames ready for the socket, in order.
     queue: VecDeque<Bytes>,
     queued_bytes: usize,
@@ -233,6 +237,7 @@ where
             wbuf: BytesMut::new(),
             wmask: [0; 4],
             last_sealed: 0,
+            spares: Vec::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             needs_flush: false,
@@ -298,6 +303,11 @@ where
     /// Appends payload to the open binary frame (opening one if needed).
     fn append(&mut self, data: &[u8]) {
         if self.wbuf.is_empty() {
+            if self.wbuf.capacity() == 0
+                && let Some(spare) = self.spares.pop()
+            {
+                self.wbuf = spare;
+            }
             let want = if self.last_sealed >= protocol::WRITE_BATCH / 4 {
                 protocol::WRITE_BATCH
             } else {
@@ -331,7 +341,9 @@ where
         let h = encode_header(&mut header, OP_BINARY, len, mask);
         let start = MAX_HEADER - h;
         self.wbuf[start..MAX_HEADER].copy_from_slice(&header[..h]);
-        let mut frame = self.wbuf.split();
+        // The frame takes the whole buffer; once written, the buffer comes back
+        // through `spares` (no allocation per frame, no large frees).
+        let mut frame = std::mem::take(&mut self.wbuf);
         frame.advance(start);
         self.last_sealed = len;
         self.queued_bytes += frame.len();
@@ -367,6 +379,17 @@ where
         self.close_sent = true;
     }
 
+    /// Keeps a written frame's buffer for the next frame, if nothing else holds it.
+    fn keep_spare(&mut self, frame: Bytes) {
+        if self.spares.len() < MAX_SPARES
+            && let Ok(mut buf) = frame.try_into_mut()
+            && buf.capacity() >= 4096
+        {
+            buf.clear();
+            self.spares.push(buf);
+        }
+    }
+
     /// Writes every queued frame to the socket, then flushes it.
     fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.queue.is_empty() {
@@ -389,7 +412,9 @@ where
                 };
                 if front.len() <= left {
                     left -= front.len();
-                    self.queue.pop_front();
+                    if let Some(frame) = self.queue.pop_front() {
+                        self.keep_spare(frame);
+                    }
                 } else {
                     front.advance(left);
                     left = 0;
@@ -429,6 +454,7 @@ where
         }
         if !std::mem::take(&mut self.active) && self.wbuf.is_empty() && self.queue.is_empty() {
             self.wbuf = BytesMut::new();
+            self.spares = Vec::new();
             self.last_sealed = 0;
         }
         if !self.close_sent {
