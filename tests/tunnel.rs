@@ -241,6 +241,33 @@ async fn forwarding_headers_and_request_id() {
     assert_eq!(h["x-custom"], "kept");
     assert!(h.get("x-tunnel-id").is_none(), "{h}");
 
+    // Hop-by-hop headers stay on the public hop, those named by Connection too.
+    let resp = c
+        .get(gw.url("/echo"))
+        .header("connection", "keep-alive, x-secret-hop")
+        .header("x-secret-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "trailers")
+        .header("forwarded", "for=203.0.113.9")
+        .header("x-after", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: serde_json::Value = resp.json().await.unwrap();
+    let h = &echo["headers"];
+    for gone in [
+        "x-secret-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "forwarded",
+    ] {
+        assert!(h.get(gone).is_none(), "{gone} was forwarded: {h}");
+    }
+    assert_eq!(h["x-after"], "kept");
+
     // A client-chosen ID goes to the upstream and comes back. Forwarding headers
     // a client sends are not trusted by default: they are replaced.
     let resp = c

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -72,6 +72,9 @@ pub struct Gateway {
 #[derive(Clone)]
 pub struct ConnCtx {
     pub peer: SocketAddr,
+    /// The peer's IP as a header value (for X-Forwarded-For), made once per
+    /// connection.
+    pub peer_ip: HeaderValue,
     pub bound: Arc<proxy::BoundSlot>,
 }
 
@@ -175,6 +178,8 @@ impl Gateway {
     ) {
         let ctx = ConnCtx {
             peer,
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
             bound: Arc::default(),
         };
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
