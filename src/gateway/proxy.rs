@@ -467,7 +467,6 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Removes hop-by-hop headers, including those the Connection header names.
 /// Removes the hop-by-hop headers (those of [`HOP_BY_HOP`], `Keep-Alive`,
 /// `Proxy-Connection`, and any that `Connection` names) and those of `also`.
 ///
