@@ -247,3 +247,61 @@ async fn one_agent_serves_several_gateway_nodes() {
         assert_eq!(resp.text().await.unwrap(), "about page from upstream");
     }
 }
+
+/// A client that leaves in the middle of a large download leaves no stream behind
+/// in the agent: a stream the gateway no longer reads must be reset, not left
+/// waiting for flow-control credit forever (holding the upstream connection, and
+/// SIGTERM for the whole grace period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_download_leaves_no_stream_in_the_agent() {
+    use futures_util::StreamExt;
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start_default().await;
+    let (ws, upstream) = (gw.ws_url(), up.url());
+    let mut agent = Process::agent(&[
+        "--gateway",
+        &ws,
+        "--tunnel",
+        "demo",
+        "--upstream",
+        &upstream,
+        "--grace",
+        "30s",
+    ]);
+    agent.wait_line_async("as tunnel demo, connection ").await;
+    gw.wait_agents("demo", 1).await;
+
+    for _ in 0..3 {
+        let resp = client()
+            .get(gw.url("/bytes?n=1073741824"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.bytes_stream();
+        let mut got = 0usize;
+        while got < 512 * 1024 {
+            got += body.next().await.expect("body").expect("chunk").len();
+        }
+    } // each client goes away mid-body
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up
+        .bodies_in_flight
+        .load(std::sync::atomic::Ordering::SeqCst)
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the upstream is still sending");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = Instant::now();
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit_async(Duration::from_secs(40)).await, 0);
+    let log = agent.log();
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "SIGTERM took {:?}: the agent waited for streams nobody reads\n{log}",
+        asked.elapsed()
+    );
+    assert!(log.contains("unfinished_streams=0"), "{log}");
+}

@@ -409,10 +409,15 @@ async fn acquire(
         .registry
         .select(tunnel)
         .ok_or_else(|| ErrorKind::NoAgent(tunnel.to_owned()))?;
-    let stream = agent.opener.open().await.map_err(|e| {
+    let mut stream = agent.opener.open().await.map_err(|e| {
         tracing::warn!(error = %e, agent = %agent.connection_id, "cannot open a stream");
         ErrorKind::AgentLost
     })?;
+    if !upgrade {
+        // Plain HTTP needs no half-close; an upgraded connection may (raw
+        // protocols signal the end of their input with it).
+        stream.abort_unfinished();
+    }
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

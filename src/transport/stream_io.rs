@@ -48,6 +48,10 @@ pub struct StreamIo {
     /// A received frame not yet fully read, and how much of it was.
     pending: Option<(yamux::Packet, usize)>,
     count: Arc<StreamCount>,
+    /// See [`StreamIo::abort_unfinished`].
+    abortive: bool,
+    /// The peer has closed its side (a read returned the end).
+    peer_done: bool,
 }
 
 impl StreamIo {
@@ -57,7 +61,22 @@ impl StreamIo {
             inner,
             pending: None,
             count,
+            abortive: false,
+            peer_done: false,
         }
+    }
+
+    /// Makes a shutdown before the peer has finished abort the stream instead of
+    /// half-closing it: the stream is then reset when dropped.
+    ///
+    /// For HTTP connections, which have no use for a half-close: hyper shuts a
+    /// connection down when it gives up on it (a client that left in the middle of
+    /// a response). A half-close would leave the agent still sending the rest of
+    /// the response, which nobody reads any more; once the flow-control window is
+    /// used up it would wait forever for credit (yamux does not reset a stream that
+    /// was closed and dropped), holding the stream and the upstream connection.
+    pub fn abort_unfinished(&mut self) {
+        self.abortive = true;
     }
 
     /// The yamux stream ID, for logs.
@@ -104,9 +123,13 @@ impl tokio::io::AsyncRead for StreamIo {
                 Poll::Ready(Some(Err(e))) if buf.filled().len() == start => {
                     return Poll::Ready(Err(e));
                 }
-                // End of stream or an error after some data: hand over what we
-                // have; the next read reports the end (or fails again).
-                Poll::Ready(_) => break,
+                // The end (after some data or not: the next read reports it
+                // again), or an error after some data: hand over what we have.
+                Poll::Ready(None) => {
+                    this.peer_done = true;
+                    break;
+                }
+                Poll::Ready(Some(Err(_))) => break,
                 Poll::Pending if buf.filled().len() == start => return Poll::Pending,
                 Poll::Pending => break,
             }
@@ -129,6 +152,10 @@ impl tokio::io::AsyncWrite for StreamIo {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.abortive && !self.peer_done {
+            // No FIN: dropping the stream resets it (see `abort_unfinished`).
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_close(cx)
     }
 }
