@@ -529,6 +529,8 @@ def main():
     ap.add_argument("--seconds", type=int, help="seconds per run (overrides the mode)")
     ap.add_argument("--rounds", type=int, help="rounds (overrides the mode)")
     ap.add_argument("--no-memory", action="store_true", help="skip the idle-agents memory phase")
+    ap.add_argument("--strict", action="store_true", help="exit 2 when any run had errors "
+                    "(for a smoke test: the figures themselves are never judged)")
     ap.add_argument("--bins", type=Path, help="directory holding gateway, gateway-agent and "
                     "examples/many_agents (default: ROOT/target/release); for comparing builds")
     args = ap.parse_args()
@@ -615,6 +617,11 @@ def main():
     print(report.markdown(data))
     log(f"raw results: {out} ({data['elapsed_seconds']} s)")
     shutil.rmtree(workdir, ignore_errors=True)
+    failed = [f"{r['scenario']} {r['config']} round {r['round']}: {r['wrk']['errors']} errors"
+              for r in data["runs"] if r["wrk"]["errors"]]
+    if args.strict and failed:
+        log("errors (--strict): " + "; ".join(failed))
+        return 2
     return 0
 
 
