@@ -269,13 +269,6 @@ where
         self
     }
 
-    /// Bytes that arrived with the upgrade response, before the WebSocket's first
-    /// frame was read (they are its beginning).
-    pub fn with_received(mut self, bytes: &[u8]) -> Self {
-        self.rbuf.extend_from_slice(bytes);
-        self
-    }
-
     /// Sends one text message and flushes it (the hello).
     pub async fn send_text(&mut self, text: &str) -> io::Result<()> {
         self.queue_control(OP_TEXT, text.as_bytes());
