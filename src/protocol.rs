@@ -53,11 +53,3 @@ pub enum Control {
     /// Agent to gateway: open no new streams to me; I close once mine are done.
     Drain,
 }
-
-/// yamux settings used by both ends.
-pub fn yamux_config() -> yamux::Config {
-    let mut cfg = yamux::Config::default();
-    cfg.set_max_num_streams(MAX_STREAMS);
-    cfg.set_split_send_size(WRITE_BATCH / 4);
-    cfg
-}

@@ -1,25 +1,25 @@
-//! A yamux session over a [`WsIo`], driven by one task.
+//! A yamux session ([`super::mux`]) over a [`WsIo`], driven by one task.
 //!
-//! The gateway is the yamux client: [`Opener::open`] asks the session task for a
-//! new outbound stream. The agent is the server: every stream the gateway opens is
+//! The gateway is the yamux client: [`Opener::open`] opens a stream at once (its
+//! frames wait for the session task if it is not running yet). The agent is the server: every stream the gateway opens is
 //! handed to its `on_inbound` callback. Both ends share the same driver, which
 //! also runs the drain: on shutdown it stops opening streams (the agent first tells
 //! the gateway with a `drain` control message), waits until the streams in use are
 //! done or the grace period is over, and closes the WebSocket.
 
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
+use futures_util::AsyncWrite as _;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
 
-use super::stream_io::StreamCount;
+use super::mux::{self, Mode, Parser, Shared, StreamCount};
 use super::{Signals, StreamIo, WsIo};
-use crate::protocol::{self, Control};
-
-type OpenReply = oneshot::Sender<Result<StreamIo, TunnelError>>;
+use crate::protocol::Control;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TunnelError {
@@ -41,47 +41,84 @@ pub enum SessionEnd {
 }
 
 /// Handle that opens streams on a gateway-side session. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Opener {
-    tx: mpsc::Sender<OpenReply>,
+    shared: Arc<Shared>,
 }
 
-/// The receiving end of an [`Opener`], handed to [`Session::client_with`].
-pub struct OpenQueue(mpsc::Receiver<OpenReply>);
+impl std::fmt::Debug for Opener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opener")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// The session end of an [`Opener`], handed to [`Session::client_with`]. Dropped
+/// without a session, it ends the session before it began.
+pub struct OpenQueue(Arc<Shared>);
+
+impl Drop for OpenQueue {
+    fn drop(&mut self) {
+        self.0.end("the session never started");
+    }
+}
 
 impl Opener {
-    /// An opener whose session does not exist yet.
+    /// An opener whose session does not exist yet: streams opened meanwhile
+    /// start once it runs.
     pub fn channel() -> (Opener, OpenQueue) {
-        let (tx, rx) = mpsc::channel(64);
-        (Opener { tx }, OpenQueue(rx))
+        let shared = Shared::new(Mode::Client);
+        (
+            Opener {
+                shared: shared.clone(),
+            },
+            OpenQueue(shared),
+        )
     }
 
     pub async fn open(&self) -> Result<StreamIo, TunnelError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(reply)
-            .await
-            .map_err(|_| TunnelError::SessionGone)?;
-        rx.await.map_err(|_| TunnelError::SessionGone)?
+        self.shared.open()
     }
 
-    /// Whether the session task has ended.
+    /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.is_ended()
     }
 }
 
 type Inbound = Box<dyn FnMut(StreamIo) + Send>;
 
+/// Bytes read from the WebSocket at a time, at most.
+const READ_CHUNK: usize = 64 * 1024;
+/// Output at least this large is handed to the WebSocket as it is; smaller
+/// output is copied into the frame being gathered.
+const OWNED_WRITE_MIN: usize = 16 * 1024;
+/// Reads handled in one go before the task yields to others.
+const READ_BUDGET: usize = 16;
+
 pub struct Session<T> {
-    conn: yamux::Connection<WsIo<T>>,
-    open_rx: Option<mpsc::Receiver<OpenReply>>,
-    pending_open: Option<OpenReply>,
+    ws: WsIo<T>,
+    shared: Arc<Shared>,
+    /// Keeps the opener's end alive while the session runs (client).
+    _queue: Option<OpenQueue>,
+    /// Received bytes not yet parsed, and the parser's state.
+    rbuf: BytesMut,
+    parser: Parser,
+    /// The WebSocket's idle ticks when last looked at.
+    idle_ticks_seen: u64,
+    /// Output taken from the streams, not yet accepted by the WebSocket.
+    wpending: BytesMut,
     on_inbound: Option<Inbound>,
-    streams: Arc<StreamCount>,
     signals: Arc<Signals>,
     /// Whether this end tells the peer when it starts draining (the agent does).
     announce_drain: bool,
+}
+
+impl<T> Drop for Session<T> {
+    fn drop(&mut self) {
+        self.shared.end("the session task ended");
+    }
 }
 
 impl<T> Session<T>
@@ -95,14 +132,17 @@ where
     }
 
     /// The gateway's end, serving an [`Opener`] made beforehand with
-    /// [`Opener::channel`] (streams asked for meanwhile wait in the queue).
+    /// [`Opener::channel`] (streams opened meanwhile start now).
     pub fn client_with(io: WsIo<T>, signals: Arc<Signals>, queue: OpenQueue) -> Self {
         Session {
-            conn: yamux::Connection::new(io, protocol::yamux_config(), yamux::Mode::Client),
-            open_rx: Some(queue.0),
-            pending_open: None,
+            ws: io,
+            shared: queue.0.clone(),
+            _queue: Some(queue),
+            rbuf: BytesMut::new(),
+            parser: Parser::default(),
+            idle_ticks_seen: 0,
+            wpending: BytesMut::new(),
             on_inbound: None,
-            streams: Arc::default(),
             signals,
             announce_drain: false,
         }
@@ -115,11 +155,14 @@ where
         on_inbound: impl FnMut(StreamIo) + Send + 'static,
     ) -> Self {
         Session {
-            conn: yamux::Connection::new(io, protocol::yamux_config(), yamux::Mode::Server),
-            open_rx: None,
-            pending_open: None,
+            ws: io,
+            shared: Shared::new(Mode::Server),
+            _queue: None,
+            rbuf: BytesMut::new(),
+            parser: Parser::default(),
+            idle_ticks_seen: 0,
+            wpending: BytesMut::new(),
             on_inbound: Some(Box::new(on_inbound)),
-            streams: Arc::default(),
             signals,
             announce_drain: true,
         }
@@ -127,26 +170,34 @@ where
 
     /// Live streams of this session.
     pub fn stream_count(&self) -> Arc<StreamCount> {
-        self.streams.clone()
+        self.shared.count().clone()
     }
 
     /// Drives the session until the peer closes it, it fails, or `stop` resolves
     /// and the drain (bounded by `grace`) completes.
     pub async fn run(mut self, stop: impl Future<Output = ()>, grace: Duration) -> SessionEnd {
+        let end = self.run_inner(stop, grace).await;
+        let why = match &end {
+            SessionEnd::Closed => "the peer closed it".to_owned(),
+            SessionEnd::Drained { .. } => "drained".to_owned(),
+            SessionEnd::Failed(why) => why.clone(),
+        };
+        self.shared.end(&why);
+        end
+    }
+
+    async fn run_inner(&mut self, stop: impl Future<Output = ()>, grace: Duration) -> SessionEnd {
         let signals = self.signals.clone();
         tokio::select! {
             end = self.drive_until_end() => return end,
             _ = stop => {}
         }
         // Draining: open nothing new, let streams in use finish.
-        self.open_rx = None;
-        if let Some(reply) = self.pending_open.take() {
-            let _ = reply.send(Err(TunnelError::SessionGone));
-        }
+        self.shared.refuse_new();
         if self.announce_drain {
             signals.send_control(&Control::Drain);
         }
-        let streams = self.streams.clone();
+        let streams = self.shared.count().clone();
         let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
         loop {
@@ -158,9 +209,9 @@ where
             }
         }
         let unfinished_streams = streams.get();
-        let conn = &mut self.conn;
+        self.shared.go_away(mux::GO_AWAY_NORMAL);
         let _ =
-            tokio::time::timeout(Duration::from_secs(5), poll_fn(|cx| conn.poll_close(cx))).await;
+            tokio::time::timeout(Duration::from_secs(5), poll_fn(|cx| self.poll_close(cx))).await;
         SessionEnd::Drained { unfinished_streams }
     }
 
@@ -175,49 +226,136 @@ where
         }
     }
 
-    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<SessionEnd> {
-        // Requests to open streams (gateway side).
+    /// Hands the streams' output to the WebSocket, as much as it takes now.
+    /// Returns whether anything was written.
+    fn poll_output(&mut self, cx: &mut Context<'_>) -> Result<bool, String> {
+        let mut wrote = false;
         loop {
-            if self.pending_open.is_none() {
-                let Some(rx) = self.open_rx.as_mut() else {
+            if self.wpending.is_empty() {
+                self.wpending = self.shared.take_output(cx.waker());
+                if self.wpending.is_empty() {
                     break;
-                };
-                match rx.poll_recv(cx) {
-                    Poll::Ready(Some(reply)) => self.pending_open = Some(reply),
-                    Poll::Ready(None) | Poll::Pending => break,
                 }
             }
-            let Some(reply) = self.pending_open.take() else {
-                break;
+            let written = if self.wpending.len() >= OWNED_WRITE_MIN {
+                // Large: the WebSocket sends this buffer itself (no copy).
+                match self.ws.poll_send_owned(cx, &mut self.wpending) {
+                    Poll::Ready(r) => r.map(|()| 0),
+                    Poll::Pending => break,
+                }
+            } else {
+                match Pin::new(&mut self.ws).poll_write(cx, &self.wpending) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => break,
+                }
             };
-            if reply.is_closed() {
-                continue; // the requester gave up (client went away)
+            match written {
+                Ok(n) => {
+                    self.wpending.advance(n);
+                    wrote = true;
+                }
+                Err(e) => return Err(e.to_string()),
             }
-            match self.conn.poll_new_outbound(cx) {
-                Poll::Ready(Ok(stream)) => {
-                    let _ = reply.send(Ok(StreamIo::new(stream, self.streams.clone())));
+        }
+        if wrote {
+            // Closes the WebSocket frame; the socket is written before the next
+            // read (see `ws_io`).
+            let _ = Pin::new(&mut self.ws).poll_flush(cx);
+        }
+        Ok(wrote)
+    }
+
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<SessionEnd> {
+        for _ in 0..READ_BUDGET {
+            if let Err(why) = self.poll_output(cx) {
+                return Poll::Ready(SessionEnd::Failed(why));
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+                // Allocated once data is coming, so that an idle session holds
+                // no buffer; kept between reads while data flows.
+                match self.ws.poll_data_ready(cx) {
+                    Poll::Ready(Ok(true)) => self.rbuf.reserve(READ_CHUNK),
+                    Poll::Ready(Ok(false)) => return Poll::Ready(SessionEnd::Closed),
+                    Poll::Ready(Err(e)) => return Poll::Ready(SessionEnd::Failed(e.to_string())),
+                    Poll::Pending => {
+                        self.release_if_idle();
+                        return Poll::Pending;
+                    }
                 }
-                Poll::Ready(Err(e)) => {
-                    let _ = reply.send(Err(TunnelError::Open(e.to_string())));
-                    return Poll::Ready(SessionEnd::Failed(e.to_string()));
-                }
+            }
+            let mut reader = Reader(&mut self.ws);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut reader), cx, &mut self.rbuf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(SessionEnd::Closed),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(SessionEnd::Failed(e.to_string())),
                 Poll::Pending => {
-                    self.pending_open = Some(reply);
-                    break;
+                    self.release_if_idle();
+                    return Poll::Pending;
+                }
+            }
+            match self.shared.on_input(&mut self.rbuf, &mut self.parser) {
+                Ok(inbound) => {
+                    for stream in inbound {
+                        match self.on_inbound.as_mut() {
+                            Some(handle) => handle(stream),
+                            None => drop(stream),
+                        }
+                    }
+                }
+                Err(why) => {
+                    self.shared.go_away(mux::GO_AWAY_PROTOCOL_ERROR);
+                    let _ = self.poll_output(cx);
+                    return Poll::Ready(SessionEnd::Failed(format!("yamux protocol error: {why}")));
                 }
             }
         }
-        // Drive the connection: frames in and out, inbound streams.
-        loop {
-            match self.conn.poll_next_inbound(cx) {
-                Poll::Ready(Some(Ok(stream))) => match self.on_inbound.as_mut() {
-                    Some(handle) => handle(StreamIo::new(stream, self.streams.clone())),
-                    None => drop(stream), // the agent may not open streams
-                },
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(SessionEnd::Failed(e.to_string())),
-                Poll::Ready(None) => return Poll::Ready(SessionEnd::Closed),
-                Poll::Pending => return Poll::Pending,
+        // Let other tasks run; come back at once.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Frees the read buffer once the WebSocket has seen a heartbeat interval
+    /// without data (freeing it at every pause would allocate it again for every
+    /// message).
+    fn release_if_idle(&mut self) {
+        let ticks = self.ws.idle_ticks();
+        if ticks != self.idle_ticks_seen {
+            self.idle_ticks_seen = ticks;
+            if self.rbuf.is_empty() {
+                self.rbuf = BytesMut::new();
             }
         }
+    }
+
+    /// Writes the remaining output, then closes the WebSocket.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.poll_output(cx).is_err() {
+            return Poll::Ready(());
+        }
+        if !self.wpending.is_empty() {
+            // The socket is full; the WebSocket wakes us once it can write.
+            return Poll::Pending;
+        }
+        let _ = std::task::ready!(futures_util::AsyncWrite::poll_close(
+            Pin::new(&mut self.ws),
+            cx
+        ));
+        Poll::Ready(())
+    }
+}
+
+/// The WebSocket as a tokio `AsyncRead`, for `poll_read_buf`.
+struct Reader<'a, T>(&'a mut WsIo<T>);
+
+impl<T> AsyncRead for Reader<'_, T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.get_mut().0.poll_read_into(cx, buf)
     }
 }

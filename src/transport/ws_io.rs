@@ -207,6 +207,8 @@ pub struct WsIo<T> {
     /// Binary data moved either way since the last heartbeat tick (pings and
     /// pongs do not count): an idle session frees its write buffer.
     active: bool,
+    /// Heartbeat ticks that found the session idle (see [`WsIo::idle_ticks`]).
+    idle_ticks: u64,
     close_sent: bool,
     close_code: u16,
 
@@ -246,6 +248,7 @@ where
             queued_bytes: 0,
             needs_flush: false,
             active: false,
+            idle_ticks: 0,
             close_sent: false,
             close_code,
             heartbeat: None,
@@ -277,18 +280,58 @@ where
 
     /// Reads the next text message (the hello). Binary data first is an error.
     pub async fn recv_text(&mut self) -> io::Result<String> {
-        std::future::poll_fn(|cx| match ready!(self.poll_step(cx, &mut []))? {
-            Step::Text(t) => Poll::Ready(Ok(t)),
-            Step::Data(_) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "expected a text message, got binary data",
-            ))),
-            Step::Closed => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the peer closed the WebSocket",
-            ))),
-        })
+        std::future::poll_fn(
+            |cx| match ready!(self.poll_step(cx, &mut ReadBuf::new(&mut [])))? {
+                Step::Text(t) => Poll::Ready(Ok(t)),
+                Step::Data(_) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "expected a text message, got binary data",
+                ))),
+                Step::Closed => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the peer closed the WebSocket",
+                ))),
+            },
+        )
         .await
+    }
+
+    /// Heartbeat intervals so far in which no data moved: when this changes, the
+    /// session is idle and may free its own buffers too.
+    pub fn idle_ticks(&self) -> u64 {
+        self.idle_ticks
+    }
+
+    /// Ready with `true` once binary payload is next, `false` once the WebSocket
+    /// is closed; reads nothing of the payload. Lets the reader allocate its
+    /// buffer only when data is coming.
+    pub fn poll_data_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            match ready!(self.poll_step(cx, &mut ReadBuf::new(&mut [])))? {
+                Step::Data(_) => return Poll::Ready(Ok(true)),
+                Step::Closed => return Poll::Ready(Ok(false)),
+                Step::Text(text) => self.on_text(&text),
+            }
+        }
+    }
+
+    /// The futures `AsyncRead`, into a possibly uninitialised buffer (the
+    /// session reads into the spare capacity of a `BytesMut`). Reading nothing
+    /// means the WebSocket was closed.
+    pub fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            match ready!(self.poll_step(cx, buf))? {
+                Step::Data(_) | Step::Closed => return Poll::Ready(Ok(())),
+                Step::Text(text) => self.on_text(&text),
+            }
+        }
     }
 
     // ---- writing -------------------------------------------------------------
@@ -377,6 +420,42 @@ where
         self.close_sent = true;
     }
 
+    /// Queues all of `payload` as binary data without copying it: frames of at
+    /// most [`protocol::WRITE_BATCH`] bytes whose payloads are slices of it
+    /// (masked in place on the client). For large writes, where the copy into a
+    /// frame buffer showed in the profile. Pending, taking nothing, while a full
+    /// batch is still waiting for the socket.
+    pub fn poll_send_owned(
+        &mut self,
+        cx: &mut Context<'_>,
+        payload: &mut BytesMut,
+    ) -> Poll<io::Result<()>> {
+        if self.close_sent {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the WebSocket is closing",
+            )));
+        }
+        if self.queued_bytes >= protocol::WRITE_BATCH {
+            ready!(self.poll_write_queue(cx))?;
+        }
+        self.seal();
+        self.active = true;
+        while !payload.is_empty() {
+            let mut piece = payload.split_to(payload.len().min(protocol::WRITE_BATCH));
+            let mask = (self.role == Role::Client).then(rand::random::<[u8; 4]>);
+            if let Some(mask) = mask {
+                apply_mask(&mut piece, mask, 0);
+            }
+            let mut header = [0u8; MAX_HEADER];
+            let h = encode_header(&mut header, OP_BINARY, piece.len(), mask);
+            self.queued_bytes += h + piece.len();
+            self.queue.push_back(Bytes::copy_from_slice(&header[..h]));
+            self.queue.push_back(piece.freeze());
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Keeps a written frame's buffer for the next frame, if nothing else holds it.
     fn keep_spare(&mut self, frame: Bytes) {
         if self.spares.len() < MAX_SPARES
@@ -456,6 +535,7 @@ where
             ));
         }
         if !std::mem::take(&mut self.active) && self.wbuf.is_empty() && self.queue.is_empty() {
+            self.idle_ticks += 1;
             self.wbuf = BytesMut::new();
             self.spares = Vec::new();
             self.last_sealed = 0;
@@ -706,9 +786,9 @@ where
         }))
     }
 
-    /// Reads until something for the caller is ready: payload bytes for `out`, a
-    /// text message, or the peer's close.
-    fn poll_step(&mut self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<Step>> {
+    /// Reads until something for the caller is ready: payload bytes appended to
+    /// `out` (which may be uninitialised), a text message, or the peer's close.
+    fn poll_step(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<Step>> {
         loop {
             if self.ending.is_some() {
                 return self.poll_ending(cx);
@@ -726,16 +806,17 @@ where
                     self.frame = None;
                     continue;
                 }
-                if out.is_empty() {
+                if out.remaining() == 0 {
                     return Poll::Ready(Ok(Step::Data(0)));
                 }
                 self.active = true;
-                let want = (out.len() as u64).min(frame.remaining) as usize;
+                let want = (out.remaining() as u64).min(frame.remaining) as usize;
+                let start = out.filled().len();
                 if !self.rbuf.is_empty() {
                     let n = want.min(self.rbuf.len());
-                    out[..n].copy_from_slice(&self.rbuf[..n]);
+                    out.put_slice(&self.rbuf[..n]);
                     self.rbuf.advance(n);
-                    unmask_frame(frame, &mut out[..n]);
+                    unmask_frame(frame, &mut out.filled_mut()[start..]);
                     return Poll::Ready(Ok(Step::Data(n)));
                 }
                 if want < DIRECT_READ_MIN {
@@ -744,7 +825,7 @@ where
                 }
                 // Straight from the socket into the reader's buffer.
                 self.before_socket_read(cx)?;
-                let mut rb = ReadBuf::new(&mut out[..want]);
+                let mut rb = out.take(want);
                 match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
                     Poll::Pending => {
                         self.on_idle();
@@ -753,6 +834,10 @@ where
                     Poll::Ready(r) => r?,
                 }
                 let n = rb.filled().len();
+                // SAFETY: `rb` views the unfilled part of `out`, and the read just
+                // initialised its first `n` bytes.
+                unsafe { out.assume_init(n) };
+                out.advance(n);
                 if n == 0 {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -762,7 +847,7 @@ where
                 self.on_received();
                 // `frame` was borrowed from `self.frame` before the calls above.
                 if let Some(frame) = &mut self.frame {
-                    unmask_frame(frame, &mut out[..n]);
+                    unmask_frame(frame, &mut out.filled_mut()[start..]);
                 }
                 return Poll::Ready(Ok(Step::Data(n)));
             }
@@ -932,8 +1017,9 @@ where
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        let mut out = ReadBuf::new(buf);
         loop {
-            match ready!(this.poll_step(cx, buf))? {
+            match ready!(this.poll_step(cx, &mut out))? {
                 Step::Data(n) => return Poll::Ready(Ok(n)),
                 Step::Text(text) => this.on_text(&text),
                 Step::Closed => return Poll::Ready(Ok(0)),
@@ -1000,7 +1086,7 @@ where
         // discarding whatever arrives before it.
         let mut scratch = [0u8; 2048];
         while !matches!(this.ending, Some(Ending::Closed)) {
-            match ready!(this.poll_step(cx, &mut scratch)) {
+            match ready!(this.poll_step(cx, &mut ReadBuf::new(&mut scratch))) {
                 Ok(Step::Closed) => break,
                 Ok(_) => {}
                 Err(e) => {
