@@ -81,9 +81,10 @@ impl Opener {
         self.shared.open()
     }
 
-    /// Whether the session has ended.
+    /// Whether the session takes no new streams: it has ended, or the agent
+    /// sent a go-away, or the stream IDs ran out.
     pub fn is_closed(&self) -> bool {
-        self.shared.is_ended()
+        self.shared.is_refusing()
     }
 }
 
@@ -94,6 +95,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Output at least this large is handed to the WebSocket as it is; smaller
 /// output is copied into the frame being gathered.
 const OWNED_WRITE_MIN: usize = 16 * 1024;
+/// Bounds the closing handshake: a peer that reads nothing cannot hold us.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads handled in one go before the task yields to others.
 const READ_BUDGET: usize = 16;
 
@@ -113,6 +116,8 @@ pub struct Session<T> {
     signals: Arc<Signals>,
     /// Whether this end tells the peer when it starts draining (the agent does).
     announce_drain: bool,
+    /// The peer broke the protocol: the session closes after its go-away.
+    protocol_error: bool,
 }
 
 impl<T> Drop for Session<T> {
@@ -145,6 +150,7 @@ where
             on_inbound: None,
             signals,
             announce_drain: false,
+            protocol_error: false,
         }
     }
 
@@ -165,6 +171,7 @@ where
             on_inbound: Some(Box::new(on_inbound)),
             signals,
             announce_drain: true,
+            protocol_error: false,
         }
     }
 
@@ -189,7 +196,14 @@ where
     async fn run_inner(&mut self, stop: impl Future<Output = ()>, grace: Duration) -> SessionEnd {
         let signals = self.signals.clone();
         tokio::select! {
-            end = self.drive_until_end() => return end,
+            end = self.drive_until_end() => {
+                if self.protocol_error {
+                    // The go-away says why; the peer gets it before the close.
+                    let close = poll_fn(|cx| self.poll_close(cx));
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+                }
+                return end;
+            }
             _ = stop => {}
         }
         // Draining: open nothing new, let streams in use finish.
@@ -210,8 +224,7 @@ where
         }
         let unfinished_streams = streams.get();
         self.shared.go_away(mux::GO_AWAY_NORMAL);
-        let _ =
-            tokio::time::timeout(Duration::from_secs(5), poll_fn(|cx| self.poll_close(cx))).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, poll_fn(|cx| self.poll_close(cx))).await;
         SessionEnd::Drained { unfinished_streams }
     }
 
@@ -304,7 +317,7 @@ where
                 }
                 Err(why) => {
                     self.shared.go_away(mux::GO_AWAY_PROTOCOL_ERROR);
-                    let _ = self.poll_output(cx);
+                    self.protocol_error = true;
                     return Poll::Ready(SessionEnd::Failed(format!("yamux protocol error: {why}")));
                 }
             }
