@@ -994,24 +994,21 @@ fn encode_header(
 }
 
 /// XORs `buf` with the mask key, `pos` being the offset of `buf[0]` in the
-/// payload. Sixteen bytes at a time (one SSE2 XOR), which halved its share of
-/// the profile against eight.
+/// payload. Written as byte loops over 64-byte blocks, which the compiler turns
+/// into 16-byte vector XORs (word-sized XORs cost twice as much in the profile).
 pub(crate) fn apply_mask(buf: &mut [u8], mask: [u8; 4], pos: usize) {
-    let mut m = [0u8; 4];
-    for (i, b) in m.iter_mut().enumerate() {
+    let mut block = [0u8; 64];
+    for (i, b) in block.iter_mut().enumerate() {
         *b = mask[(pos + i) % 4];
     }
-    let mut w = [0u8; 16];
-    for (i, b) in w.iter_mut().enumerate() {
-        *b = m[i % 4];
-    }
-    let wide = u128::from_ne_bytes(w);
-    let (chunks, rest) = buf.as_chunks_mut::<16>();
+    let (chunks, rest) = buf.as_chunks_mut::<64>();
     for chunk in chunks {
-        *chunk = (u128::from_ne_bytes(*chunk) ^ wide).to_ne_bytes();
+        for (b, m) in chunk.iter_mut().zip(block.iter()) {
+            *b ^= *m;
+        }
     }
-    for (i, b) in rest.iter_mut().enumerate() {
-        *b ^= m[i % 4];
+    for (b, m) in rest.iter_mut().zip(block.iter()) {
+        *b ^= *m;
     }
 }
 
