@@ -305,3 +305,164 @@ async fn abandoned_download_leaves_no_stream_in_the_agent() {
     );
     assert!(log.contains("unfinished_streams=0"), "{log}");
 }
+
+/// An upstream that answers any request with `101 Switching Protocols`, then sends
+/// 64 KiB chunks until a write fails. Returns its address, how many upgraded
+/// connections it accepted and how many are still open (still being written to).
+async fn endless_upgrade_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Open(Arc<AtomicUsize>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (accepted2, open2) = (accepted.clone(), open.clone());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let (accepted, open) = (accepted2.clone(), open2.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                accepted.fetch_add(1, Ordering::SeqCst);
+                open.fetch_add(1, Ordering::SeqCst);
+                let _open = Open(open);
+                let answer = "HTTP/1.1 101 Switching Protocols\r\n\
+                              connection: upgrade\r\nupgrade: test\r\n\r\n";
+                if tcp.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+                // Reads are ignored: a FIN from the agent does not stop the sending.
+                let chunk = vec![b'x'; 64 * 1024];
+                while tcp.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    (addr, accepted, open)
+}
+
+/// Reads at least `want` bytes from `tcp` (each read within 10 s, none at the end).
+async fn read_at_least(tcp: &mut tokio::net::TcpStream, mut want: usize) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    while want > 0 {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("upgraded data within 10 s")
+            .unwrap();
+        assert!(n > 0, "the upgraded connection ended early");
+        want = want.saturating_sub(n);
+    }
+}
+
+/// An upgraded connection whose public client half-closes, then vanishes (a reset)
+/// while the upstream keeps sending, leaves no stream behind in the agent: the
+/// gateway half-closed the stream when the client did, and dropping it afterwards
+/// must still reset it, or the agent keeps the stream, its task and the upstream
+/// connection forever (and SIGTERM waits out the whole grace period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_closed_then_vanished_upgrade_leaves_no_stream_in_the_agent() {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (up_addr, accepted, open) = endless_upgrade_upstream().await;
+    let gw = TestGateway::start_default().await;
+    let (ws, upstream) = (gw.ws_url(), format!("http://{up_addr}"));
+    let mut agent = Process::agent(&[
+        "--gateway",
+        &ws,
+        "--tunnel",
+        "demo",
+        "--upstream",
+        &upstream,
+        "--grace",
+        "30s",
+    ]);
+    agent.wait_line_async("as tunnel demo, connection ").await;
+    gw.wait_agents("demo", 1).await;
+
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "GET /x HTTP/1.1\r\nhost: {}\r\nconnection: upgrade\r\nupgrade: test\r\n\r\n",
+        gw.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = Vec::new();
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    read_at_least(&mut tcp, 256 * 1024).await;
+    assert_eq!(open.load(Ordering::SeqCst), 1, "the upstream is sending");
+
+    // Half-close: the gateway passes the FIN on; the upstream keeps sending.
+    tcp.shutdown().await.unwrap();
+    read_at_least(&mut tcp, 128 * 1024).await;
+    // Vanish: closing with unread data pending makes the kernel send a reset.
+    let mut one = [0u8; 1];
+    let pending = tokio::time::timeout(Duration::from_secs(10), tcp.peek(&mut one))
+        .await
+        .expect("more data within 10 s")
+        .unwrap();
+    assert_eq!(pending, 1, "unread data is pending");
+    drop(tcp);
+
+    // The agent lets go of the stream, so of the upstream connection.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open.load(Ordering::SeqCst) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream connection is still open: the agent kept the stream\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upgraded connection"
+    );
+
+    let asked = Instant::now();
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit_async(Duration::from_secs(40)).await, 0);
+    let log = agent.log();
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "SIGTERM took {:?}: the agent waited for a stream nobody uses\n{log}",
+        asked.elapsed()
+    );
+    assert!(log.contains("unfinished_streams=0"), "{log}");
+}
