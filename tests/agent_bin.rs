@@ -257,19 +257,7 @@ async fn abandoned_download_leaves_no_stream_in_the_agent() {
     use futures_util::StreamExt;
     let up = TestUpstream::start().await;
     let gw = TestGateway::start_default().await;
-    let (ws, upstream) = (gw.ws_url(), up.url());
-    let mut agent = Process::agent(&[
-        "--gateway",
-        &ws,
-        "--tunnel",
-        "demo",
-        "--upstream",
-        &upstream,
-        "--grace",
-        "30s",
-    ]);
-    agent.wait_line_async("as tunnel demo, connection ").await;
-    gw.wait_agents("demo", 1).await;
+    let agent = connected_agent(&gw, &up.url()).await;
 
     for _ in 0..3 {
         let resp = client()
@@ -294,16 +282,7 @@ async fn abandoned_download_leaves_no_stream_in_the_agent() {
         assert!(Instant::now() < deadline, "the upstream is still sending");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let asked = Instant::now();
-    agent.signal("TERM");
-    assert_eq!(agent.wait_exit_async(Duration::from_secs(40)).await, 0);
-    let log = agent.log();
-    assert!(
-        asked.elapsed() < Duration::from_secs(5),
-        "SIGTERM took {:?}: the agent waited for streams nobody reads\n{log}",
-        asked.elapsed()
-    );
-    assert!(log.contains("unfinished_streams=0"), "{log}");
+    exits_at_once_with_no_stream_left(agent).await;
 }
 
 /// An upstream that answers any request with `101 Switching Protocols`, then sends
@@ -385,19 +364,7 @@ async fn half_closed_then_vanished_upgrade_leaves_no_stream_in_the_agent() {
 
     let (up_addr, accepted, open) = endless_upgrade_upstream().await;
     let gw = TestGateway::start_default().await;
-    let (ws, upstream) = (gw.ws_url(), format!("http://{up_addr}"));
-    let mut agent = Process::agent(&[
-        "--gateway",
-        &ws,
-        "--tunnel",
-        "demo",
-        "--upstream",
-        &upstream,
-        "--grace",
-        "30s",
-    ]);
-    agent.wait_line_async("as tunnel demo, connection ").await;
-    gw.wait_agents("demo", 1).await;
+    let agent = connected_agent(&gw, &format!("http://{up_addr}")).await;
 
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let request = format!(
@@ -455,13 +422,37 @@ async fn half_closed_then_vanished_upgrade_leaves_no_stream_in_the_agent() {
         "one upgraded connection"
     );
 
+    exits_at_once_with_no_stream_left(agent).await;
+}
+
+/// The agent binary with a 30 s grace period, connected to `gw` as tunnel demo.
+async fn connected_agent(gw: &TestGateway, upstream: &str) -> Process {
+    let ws = gw.ws_url();
+    let agent = Process::agent(&[
+        "--gateway",
+        &ws,
+        "--tunnel",
+        "demo",
+        "--upstream",
+        upstream,
+        "--grace",
+        "30s",
+    ]);
+    agent.wait_line_async("as tunnel demo, connection ").await;
+    gw.wait_agents("demo", 1).await;
+    agent
+}
+
+/// SIGTERM makes the agent exit 0 at once, with no stream left to wait for (a
+/// leaked stream holds it for the whole 30 s grace period).
+async fn exits_at_once_with_no_stream_left(mut agent: Process) {
     let asked = Instant::now();
     agent.signal("TERM");
     assert_eq!(agent.wait_exit_async(Duration::from_secs(40)).await, 0);
     let log = agent.log();
     assert!(
         asked.elapsed() < Duration::from_secs(5),
-        "SIGTERM took {:?}: the agent waited for a stream nobody uses\n{log}",
+        "SIGTERM took {:?}: the agent waited for streams nobody uses\n{log}",
         asked.elapsed()
     );
     assert!(log.contains("unfinished_streams=0"), "{log}");
