@@ -6,13 +6,16 @@
 //! One [`Shared`] per session holds every stream's state behind one mutex:
 //!
 //! - **Writing** appends frames (12-byte header, then the payload) to one output
-//!   buffer and wakes the session task, which hands that buffer to the WebSocket:
-//!   no allocation or channel per frame, and all of one round's frames leave in
-//!   one message.
+//!   buffer and wakes the session task, which hands that buffer to the WebSocket
+//!   (a large one as it is, a small one copied into the frame being gathered): no
+//!   allocation or channel per frame, and a round's frames leave together.
 //! - **Reading**: the session task reads the WebSocket into one buffer and parses
-//!   frames in place; a data frame's payload becomes a `Bytes` slice of that buffer
-//!   queued on its stream (no copy, no zero-fill), and the stream's reader is
-//!   woken.
+//!   frames in place; a payload of 16 KiB or more becomes a `Bytes` slice of that
+//!   buffer queued on its stream (no copy, no zero-fill), a smaller one is copied
+//!   (so that it cannot pin the buffer), and the stream's reader is woken.
+//! - **Limits**: writers wait while 256 KiB of output waits; a peer that asks for
+//!   more than 64 KiB of answers (pongs, resets) without reading them is ending
+//!   the session.
 //! - **Flow control**: each direction of a stream starts with the standard 256 KiB
 //!   window. A writer stops when the peer's window is used up; a window update is
 //!   sent once half of ours has been read by the application. A peer that sends
@@ -23,8 +26,8 @@
 //! - **Closing**: shutting a stream down sends `FIN`. Dropping a stream that is not
 //!   finished both ways sends `RST`, so the peer stops at once instead of waiting
 //!   for window credit that will never come.
-//! - Pings are answered; a go-away stops new streams; anything malformed ends the
-//!   session with a go-away carrying the protocol-error code.
+//! - Pings are answered; a go-away stops new streams; anything malformed (or a
+//!   flood) ends the session with a go-away carrying the protocol-error code.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};

@@ -1,9 +1,9 @@
 //! A yamux session ([`super::mux`]) over a [`WsIo`], driven by one task.
 //!
 //! The gateway is the yamux client: [`Opener::open`] opens a stream at once (its
-//! frames wait for the session task if it is not running yet). The agent is the server: every stream the gateway opens is
-//! handed to its `on_inbound` callback. Both ends share the same driver, which
-//! also runs the drain: on shutdown it stops opening streams (the agent first tells
+//! frames wait for the session task if it is not running yet). The agent is the
+//! server: every stream the gateway opens is handed to its `on_inbound` callback.
+//! Both ends share the same driver, which also runs the drain: on shutdown it stops opening streams (the agent first tells
 //! the gateway with a `drain` control message), waits until the streams in use are
 //! done or the grace period is over, and closes the WebSocket.
 
@@ -196,14 +196,7 @@ where
     async fn run_inner(&mut self, stop: impl Future<Output = ()>, grace: Duration) -> SessionEnd {
         let signals = self.signals.clone();
         tokio::select! {
-            end = self.drive_until_end() => {
-                if self.protocol_error {
-                    // The go-away says why; the peer gets it before the close.
-                    let close = poll_fn(|cx| self.poll_close(cx));
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
-                }
-                return end;
-            }
+            end = self.drive_until_end() => return end,
             _ = stop => {}
         }
         // Draining: open nothing new, let streams in use finish.
@@ -230,13 +223,19 @@ where
 
     async fn drive_until_end(&mut self) -> SessionEnd {
         let signals = self.signals.clone();
-        loop {
+        let end = loop {
             tokio::select! {
-                end = poll_fn(|cx| self.poll_drive(cx)) => return end,
+                end = poll_fn(|cx| self.poll_drive(cx)) => break end,
                 // A control message was queued: poll again so it is written.
                 _ = signals.kicked() => {}
             }
+        };
+        if self.protocol_error {
+            // The go-away says why; the peer gets it before the close.
+            let close = poll_fn(|cx| self.poll_close(cx));
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
         }
+        end
     }
 
     /// Hands the streams' output to the WebSocket, as much as it takes now.

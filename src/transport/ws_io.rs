@@ -1,20 +1,21 @@
-//! A WebSocket (RFC 6455) seen as one ordered byte stream (futures `AsyncRead +
-//! AsyncWrite`), which is what yamux runs on. The codec is our own, because the
+//! A WebSocket (RFC 6455) seen as one ordered byte stream, which is what the
+//! yamux session ([`super::session`]) runs on: `poll_read_into`, futures
+//! `AsyncWrite`, and `poll_send_owned` for large output (futures `AsyncRead`
+//! too, for other yamux implementations). The codec is our own, because the
 //! tunnel's byte stream needs much less than a message API and the difference is
 //! measured (`bench/README.md`):
 //!
 //! - **Reads** parse frame headers from a small buffer and hand payload bytes to
 //!   the reader directly: a large read goes from the socket straight into the
 //!   reader's buffer and is unmasked there, so a byte is copied once. A message
-//!   API would copy it into a message first, and then again into yamux.
+//!   API would copy it into a message first, and then again into the session's.
 //! - **Writes** are gathered into one binary frame of up to
 //!   [`protocol::WRITE_BATCH`] bytes, built in place behind a reserved header slot
-//!   (and masked as it is copied in, on the client side). Flushes are deferred:
-//!   yamux flushes after every frame, which would mean one `send` per frame. Here
-//!   `poll_flush` only closes the frame; the socket is written before the next
-//!   socket read, and when a read finds nothing, i.e. once per round of work.
-//!   yamux polls the socket for reading at the end of every round, so data never
-//!   waits longer than that.
+//!   (and masked as it is copied in, on the client side); large output is framed
+//!   as it is (`poll_send_owned`). Flushes are deferred: `poll_flush` only closes
+//!   the frame; the socket is written before the next socket read, and when a
+//!   read finds nothing, i.e. once per round of work. The session reads at the end
+//!   of every round, so data never waits longer than that.
 //! - **Control frames**: pings are answered with pongs; a close frame is answered
 //!   with a close frame and ends the stream (`Ok(0)`); text messages are control
 //!   messages ([`protocol::Control`]) and surface through the shared [`Signals`].
