@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::config::Secret;
+use crate::auth::Secret;
 use crate::protocol::{self, Hello, REASON_HEADER, SUBPROTOCOL, TUNNEL_HEADER, UPSTREAM_HEADER};
 use crate::shutdown::signalled;
 use crate::transport::{Role, Session, SessionEnd, Signals, StreamIo, WsIo, close_code, ws_io};
@@ -235,7 +235,7 @@ pub async fn connect(cfg: &AgentConfig) -> Result<Connected, AgentError> {
             .recv_text()
             .await
             .map_err(|e| AgentError::Transient(format!("no hello from the gateway: {e}")))?;
-        let hello = serde_json::from_str::<Hello>(&text)
+        let hello = Hello::parse(&text)
             .map_err(|e| AgentError::Transient(format!("the gateway's hello is malformed: {e}")))?;
         Ok::<_, AgentError>(Connected { hello, ws, signals })
     };
@@ -488,8 +488,9 @@ async fn unreachable_upstream(stream: &mut StreamIo, upstream: &Upstream, why: &
         upstream.port,
     );
     let head = format!(
-        "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\nx-gateway-error: upstream_unreachable\r\n\r\n",
-        body.len()
+        "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n{}: upstream_unreachable\r\n\r\n",
+        body.len(),
+        protocol::GATEWAY_ERROR_HEADER,
     );
     let _ = stream.write_all(head.as_bytes()).await;
     let _ = stream.write_all(body.as_bytes()).await;

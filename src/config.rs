@@ -15,14 +15,14 @@
 //! values, and a test parses that file so it cannot rot.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+
+pub use crate::auth::Secret;
+use crate::auth::{digest_matches, secret_matches};
 
 /// Default listen address: loopback, so a try-out is never exposed by accident.
 pub const DEFAULT_HOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -203,55 +203,11 @@ impl TunnelConfig {
 
     /// Checks a presented token, in time independent of where it differs.
     pub fn token_matches(&self, presented: Option<&str>) -> bool {
-        match (&self.token, &self.token_sha256, presented) {
-            (None, None, _) => true,
-            (_, _, None) => false,
-            (Some(expected), _, Some(given)) => secret_matches(expected, Some(given)),
-            (None, Some(hex_digest), Some(given)) => {
-                let Ok(expected) = hex::decode(hex_digest) else {
-                    return false;
-                };
-                let b = Sha256::digest(given.as_bytes());
-                expected.as_slice().ct_eq(b.as_slice()).into()
-            }
+        match (&self.token, &self.token_sha256) {
+            (None, None) => true,
+            (Some(expected), _) => secret_matches(expected, presented),
+            (None, Some(hex_digest)) => digest_matches(hex_digest, presented),
         }
-    }
-}
-
-/// Compares a presented secret in time independent of where it differs (digests
-/// are compared, so the secret's length does not leak either).
-pub fn secret_matches(expected: &Secret, presented: Option<&str>) -> bool {
-    let Some(given) = presented else {
-        return false;
-    };
-    let a = Sha256::digest(expected.expose().as_bytes());
-    let b = Sha256::digest(given.as_bytes());
-    a.ct_eq(&b).into()
-}
-
-/// A secret string: printed as `***` by `Debug`, `Display` and `Serialize`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("***")
     }
 }
 
@@ -760,6 +716,8 @@ fn is_domain(d: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use sha2::Digest;
+
     use super::*;
 
     #[test]
@@ -791,17 +749,15 @@ mod tests {
         assert!(!t.token_matches(Some("s3cre")));
         assert!(!t.token_matches(None));
         t.token = None;
-        t.token_sha256 = Some(hex::encode(Sha256::digest(b"s3cret")));
+        t.token_sha256 = Some(hex::encode(sha2::Sha256::digest(b"s3cret")));
         assert!(t.token_matches(Some("s3cret")));
         assert!(!t.token_matches(Some("other")));
     }
 
     #[test]
     fn secrets_are_masked() {
-        let s = Secret::new("hunter2");
-        assert_eq!(format!("{s:?}"), "***");
         let mut c = Config::defaults();
-        c.tunnels[0].token = Some(s);
+        c.tunnels[0].token = Some(Secret::new("hunter2"));
         assert!(!c.to_masked_toml().contains("hunter2"));
     }
 }

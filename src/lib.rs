@@ -21,6 +21,7 @@
 //! turn errors into one line and an exit code.
 
 pub mod agent;
+pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod protocol;

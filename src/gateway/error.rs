@@ -7,10 +7,10 @@
 use axum::body::Body;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 
-use crate::protocol::REQUEST_ID_HEADER;
+use crate::protocol::{GATEWAY_ERROR_HEADER, REQUEST_ID_HEADER};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// The request names no tunnel and there is no default.
     NoTunnel,
     /// The Host or X-Tunnel-Id names a tunnel that is not configured.
@@ -21,17 +21,15 @@ pub enum ErrorKind {
     Timeout(std::time::Duration),
     /// The agent's session ended, or the stream failed, before the response head.
     AgentLost,
-    /// The gateway is shutting down.
-    Draining,
     /// The request cannot be forwarded as it is (e.g. an invalid X-Forward-Path).
     BadRequest(String),
 }
 
 impl ErrorKind {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ErrorKind::NoTunnel | ErrorKind::UnknownTunnel(_) => StatusCode::NOT_FOUND,
-            ErrorKind::NoAgent(_) | ErrorKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoAgent(_) => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::AgentLost => StatusCode::BAD_GATEWAY,
             ErrorKind::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -39,19 +37,18 @@ impl ErrorKind {
     }
 
     /// Stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ErrorKind::NoTunnel => "no_tunnel",
             ErrorKind::UnknownTunnel(_) => "unknown_tunnel",
             ErrorKind::NoAgent(_) => "no_agent",
             ErrorKind::Timeout(_) => "upstream_timeout",
             ErrorKind::AgentLost => "agent_lost",
-            ErrorKind::Draining => "draining",
             ErrorKind::BadRequest(_) => "bad_request",
         }
     }
 
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         match self {
             ErrorKind::NoTunnel => {
                 "No tunnel named: use the tunnel's host name or an X-Tunnel-Id header".to_owned()
@@ -65,18 +62,17 @@ impl ErrorKind {
             ErrorKind::AgentLost => {
                 "The agent's connection was lost before the upstream answered".to_owned()
             }
-            ErrorKind::Draining => "The gateway is shutting down".to_owned(),
             ErrorKind::BadRequest(why) => why.clone(),
         }
     }
 
     /// The response for `req`, in the format it accepts.
-    pub fn response<B>(&self, req: &Request<B>, request_id: &HeaderValue) -> Response<Body> {
+    pub(crate) fn response<B>(&self, req: &Request<B>, request_id: &HeaderValue) -> Response<Body> {
         self.response_as(wants_json(req.headers()), request_id)
     }
 
     /// The response, as JSON or as plain text.
-    pub fn response_as(&self, wants_json: bool, request_id: &HeaderValue) -> Response<Body> {
+    pub(crate) fn response_as(&self, wants_json: bool, request_id: &HeaderValue) -> Response<Body> {
         let (body, content_type) = if wants_json {
             let body = serde_json::json!({
                 "error": self.code(),
@@ -92,13 +88,13 @@ impl ErrorKind {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         h.insert(REQUEST_ID_HEADER, request_id.clone());
-        h.insert("x-gateway-error", HeaderValue::from_static(self.code()));
+        h.insert(GATEWAY_ERROR_HEADER, HeaderValue::from_static(self.code()));
         resp
     }
 }
 
 /// Whether a client with these headers prefers JSON error bodies.
-pub fn wants_json(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

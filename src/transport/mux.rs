@@ -60,8 +60,8 @@ const RST: u16 = 8;
 pub const GO_AWAY_NORMAL: u32 = 0;
 pub const GO_AWAY_PROTOCOL_ERROR: u32 = 1;
 
-/// Initial window of each direction of a stream (the spec's default).
-pub const WINDOW: u32 = 256 * 1024;
+/// Initial window of each direction of a stream.
+pub const WINDOW: u32 = protocol::MUX_WINDOW;
 /// A window update is sent once this much has been read since the last one.
 const UPDATE_AFTER: u32 = WINDOW / 2;
 /// Largest data frame payload sent.

@@ -19,8 +19,8 @@
 //! - **Control frames**: pings are answered with pongs; a close frame is answered
 //!   with a close frame and ends the stream (`Ok(0)`); text messages are control
 //!   messages ([`protocol::Control`]) and surface through the shared [`Signals`].
-//! - **Heartbeat**: a ping every interval; if nothing at all arrives for three
-//!   intervals the stream fails with `TimedOut` (a dead peer, a half-open TCP).
+//! - **Heartbeat**: a ping every interval; if nothing at all arrives for
+//!   [`protocol::HEARTBEAT_MISSES`] intervals the stream fails with `TimedOut` (a dead peer, a half-open TCP).
 //! - **Violations** (reserved bits, unknown opcodes, a wrongly masked frame, a
 //!   fragmented or oversized control frame, broken fragmentation, invalid UTF-8,
 //!   an oversized message, a bad close code) fail the stream with `InvalidData`
@@ -77,8 +77,6 @@ const READ_CHUNK: usize = 8 * 1024;
 const DIRECT_READ_MIN: usize = 1024;
 /// Pings are answered only while less than this waits for the socket.
 const MAX_QUEUED_FOR_PONG: usize = 4 * protocol::WRITE_BATCH;
-/// Largest text message accepted (text messages are small JSON control messages).
-const MAX_TEXT: usize = 64 * 1024;
 /// Largest control frame payload (RFC 6455 section 5.5).
 const MAX_CONTROL: usize = 125;
 /// How long our last frames (a close) may take to reach a peer that reads slowly.
@@ -108,10 +106,8 @@ impl Signals {
 
     /// Queues a control message; the session task is woken to send it.
     pub fn send_control(&self, c: &Control) {
-        if let Ok(text) = serde_json::to_string(c)
-            && let Ok(mut slot) = self.outgoing.lock()
-        {
-            *slot = Some(text);
+        if let Ok(mut slot) = self.outgoing.lock() {
+            *slot = Some(c.to_text());
         }
         self.kick.notify_one();
     }
@@ -528,12 +524,13 @@ where
         } else {
             hb.silent_ticks += 1;
         }
-        if hb.silent_ticks >= 3 {
+        if hb.silent_ticks >= protocol::HEARTBEAT_MISSES {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
-                    "peer silent for more than {:?} (three heartbeat intervals)",
-                    hb.period * 3
+                    "peer silent for more than {:?} ({} heartbeat intervals)",
+                    hb.period * protocol::HEARTBEAT_MISSES,
+                    protocol::HEARTBEAT_MISSES
                 ),
             ));
         }
@@ -767,7 +764,7 @@ where
             };
             let total = so_far.saturating_add(len);
             let limit = if kind == Kind::Text {
-                MAX_TEXT
+                protocol::MAX_TEXT
             } else {
                 protocol::MAX_MESSAGE
             };
@@ -916,12 +913,12 @@ where
     }
 
     fn on_text(&self, text: &str) {
-        match serde_json::from_str::<Control>(text) {
-            Ok(Control::Drain) => {
+        match Control::parse(text) {
+            Some(Control::Drain) => {
                 self.signals.drain_received.store(true, Ordering::Release);
                 self.signals.drained.notify_waiters();
             }
-            Err(_) => tracing::debug!(message = %text, "ignoring unknown control message"),
+            None => tracing::debug!(message = %text, "ignoring unknown control message"),
         }
     }
 }

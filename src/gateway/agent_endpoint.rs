@@ -39,7 +39,10 @@ fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> Response<Body> {
+pub(crate) async fn upgrade(
+    AxState(state): AxState<Arc<State>>,
+    mut req: Request,
+) -> Response<Body> {
     let Some(ctx) = req.extensions().get::<ConnCtx>().cloned() else {
         return refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -91,11 +94,7 @@ pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> R
             format!("unknown tunnel '{tunnel}': it is not configured on this gateway"),
         );
     };
-    // The scheme is case-insensitive (RFC 9110 section 11.1).
-    let presented = header_str(&req, header::AUTHORIZATION).and_then(|v| {
-        let (scheme, token) = v.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    });
+    let presented = crate::auth::bearer_token(req.headers());
     if !tunnel_cfg.token_matches(presented) {
         let reason = if presented.is_none() {
             format!("tunnel '{tunnel}' requires a token: pass --token or set GATEWAY_AGENT_TOKEN")
@@ -104,8 +103,11 @@ pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> R
         };
         return refuse(StatusCode::UNAUTHORIZED, reason);
     }
-    let upstream =
-        header_str(&req, UPSTREAM_HEADER).map(|s| s.chars().take(256).collect::<String>());
+    let upstream = header_str(&req, UPSTREAM_HEADER).map(|s| {
+        s.chars()
+            .take(protocol::MAX_UPSTREAM_NAME)
+            .collect::<String>()
+    });
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let connection_id = uuid::Uuid::new_v4().simple().to_string();
@@ -118,15 +120,7 @@ pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> R
     // receiver as soon as draining starts, and the daemon exits once no receiver
     // is left, which would cut the close frame off.
     let drain_guard = state.shutdown.subscribe();
-    let hello = Hello {
-        kind: "hello".into(),
-        version: protocol::PROTOCOL_VERSION,
-        connection_id: connection_id.clone(),
-        tunnel: tunnel.clone(),
-        // Rounded up: an agent that applies the three-interval rule to this value
-        // must not give up before our pings are due.
-        heartbeat_secs: heartbeat.as_secs_f64().ceil().max(1.0) as u64,
-    };
+    let hello = Hello::new(&connection_id, &tunnel, heartbeat);
     tokio::spawn(
         async move {
             let upgraded = match on_upgrade.await {
@@ -144,9 +138,7 @@ pub async fn upgrade(AxState(state): AxState<Arc<State>>, mut req: Request) -> R
                 close_code::AWAY,
                 signals.clone(),
             );
-            let Ok(hello_text) = serde_json::to_string(&hello) else {
-                return;
-            };
+            let hello_text = hello.to_text();
             // Registered before the hello goes out, so that a request sent as soon
             // as the agent sees its hello finds it; streams asked for in between
             // wait in the queue until the session runs.

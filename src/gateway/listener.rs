@@ -1,0 +1,93 @@
+//! The public listener: the accept loop, and one hyper HTTP/1.1 connection per
+//! client, with upgrades, served by [`super::dispatch`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::{HeaderValue, Request};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::{ConnCtx, Gateway, dispatch};
+use crate::shutdown::{Shutdown, signalled};
+
+/// How long a client may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed accept (EMFILE and friends), so that the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+impl Gateway {
+    /// Accepts connections until `shutdown` fires, then stops accepting and tells
+    /// every connection to finish its current request and close. Returns when the
+    /// listener is closed; connections finish on their own (see [`Shutdown::drain`]).
+    pub async fn serve(&self, listener: TcpListener, shutdown: &Shutdown) {
+        let mut stop = shutdown.subscribe();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                },
+                _ = signalled(&mut stop) => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            let conn_shutdown = shutdown.subscribe();
+            tokio::spawn(async move { this.serve_connection(stream, peer, conn_shutdown).await });
+        }
+        self.state.draining.store(true, Ordering::Release);
+        tracing::info!("stopped accepting connections");
+    }
+
+    async fn serve_connection(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let ctx = ConnCtx {
+            peer,
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            bound: Arc::default(),
+        };
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let gateway = self.clone();
+            let ctx = ctx.clone();
+            async move {
+                let resp = dispatch::dispatch(&gateway.state, &gateway.router, ctx, req).await;
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+            }
+            _ = signalled(&mut shutdown) => {
+                conn.as_mut().graceful_shutdown();
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+            }
+        }
+    }
+}

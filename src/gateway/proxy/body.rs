@@ -1,0 +1,58 @@
+//! Response bodies on their way to the client: streamed frame by frame, never
+//! buffered, with the request counted as in flight on its agent until the last
+//! frame.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
+
+use super::pool::BoundSlot;
+use crate::registry::{IdleHolder, InFlight};
+
+/// The upstream's response body, passed through frame by frame. While it lives the
+/// request counts as in flight on its agent; when it ends, a bound stream to an
+/// agent that has started draining is released, so the agent can finish.
+pub(crate) struct TrackedBody {
+    inner: Incoming,
+    _in_flight: InFlight,
+    slot: Arc<BoundSlot>,
+}
+
+impl TrackedBody {
+    pub(crate) fn new(inner: Incoming, in_flight: InFlight, slot: Arc<BoundSlot>) -> Self {
+        TrackedBody {
+            inner,
+            _in_flight: in_flight,
+            slot,
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.slot.release_if_unavailable();
+    }
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,66 @@
+//! Upgraded connections (WebSocket and others): the request goes upstream on a
+//! fresh stream; once the upstream answers `101`, the client's connection and the
+//! stream are joined byte for byte until either side closes or the gateway shuts
+//! down.
+
+use axum::body::Body;
+use http::{HeaderMap, Response, header};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::registry::InFlight;
+use crate::shutdown::signalled;
+
+/// Whether the request asks for an upgrade: an `Upgrade` header and `upgrade`
+/// among the `Connection` tokens.
+pub(crate) fn requested(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Passes the upstream's `101` on to the client, and joins the two upgraded
+/// connections in a task of their own (counted in flight on the agent while it
+/// runs).
+pub(crate) fn switch(
+    mut resp: Response<Incoming>,
+    client: OnUpgrade,
+    in_flight: InFlight,
+    shutdown: watch::Receiver<bool>,
+) -> Response<Body> {
+    let upstream = hyper::upgrade::on(&mut resp);
+    tokio::spawn(join(client, upstream, in_flight, shutdown).instrument(tracing::Span::current()));
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, Body::empty())
+}
+
+async fn join(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    _in_flight: InFlight,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match res {
+            Ok((up, down)) => tracing::debug!(bytes_up = up, bytes_down = down, "upgraded connection closed"),
+            Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+        },
+        _ = signalled(&mut shutdown) => tracing::debug!("upgraded connection closed by shutdown"),
+    }
+}
