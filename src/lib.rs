@@ -25,7 +25,6 @@ pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod protocol;
-pub mod registry;
 pub mod shutdown;
 pub mod systemd;
 pub mod telemetry;

@@ -18,7 +18,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use gateway::transport::{Opener, Role, Session, SessionEnd, Signals, StreamIo, WsIo, close_code};
+use gateway::transport::{Role, Session, SessionEnd, SessionHandle, StreamIo, WsIo, close_code};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
@@ -93,29 +93,23 @@ fn payloads(seed: u64, count: usize, max: usize) -> Vec<Vec<u8>> {
 }
 
 /// Our WebSocket codec on one end of the duplex, without heartbeat.
-fn ws(io: DuplexStream, role: Role, signals: &Arc<Signals>) -> WsIo<DuplexStream> {
-    WsIo::new(io, role, None, close_code::NORMAL, signals.clone())
+fn ws(io: DuplexStream, role: Role) -> WsIo<DuplexStream> {
+    WsIo::new(io, role, None, close_code::NORMAL)
 }
 
-/// One end of the in-memory WebSocket, with its signals.
-type End = (WsIo<DuplexStream>, Arc<Signals>);
+/// One end of the in-memory WebSocket.
+type End = WsIo<DuplexStream>;
 
 /// Two connected WebSocket ends: (gateway side `Role::Client`, agent side
 /// `Role::Server`).
 fn ws_pair() -> (End, End) {
     let (c, s) = tokio::io::duplex(DUPLEX);
-    let cs = Arc::new(Signals::default());
-    let ss = Arc::new(Signals::default());
-    (
-        (ws(c, Role::Client, &cs), cs),
-        (ws(s, Role::Server, &ss), ss),
-    )
+    (ws(c, Role::Client), ws(s, Role::Server))
 }
 
 /// Our client session and our server session, each driven by its own task.
 struct Pair {
-    opener: Opener,
-    client_signals: Arc<Signals>,
+    opener: SessionHandle,
     client: JoinHandle<SessionEnd>,
     server: JoinHandle<SessionEnd>,
     /// Fires the server's `stop` (its drain); dropping it does not.
@@ -125,8 +119,8 @@ struct Pair {
 /// Client session ↔ server session; `on_inbound` handles the server's streams and
 /// `grace` bounds the server's drain.
 fn make_pair(grace: Duration, on_inbound: impl FnMut(StreamIo) + Send + 'static) -> Pair {
-    let ((cio, client_signals), (sio, server_signals)) = ws_pair();
-    let (session, opener) = Session::client(cio, client_signals.clone());
+    let (cio, sio) = ws_pair();
+    let (session, opener) = Session::client(cio);
     let client = tokio::spawn(session.run(std::future::pending(), Duration::from_secs(1)));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let stop = async move {
@@ -134,10 +128,9 @@ fn make_pair(grace: Duration, on_inbound: impl FnMut(StreamIo) + Send + 'static)
             std::future::pending::<()>().await;
         }
     };
-    let server = tokio::spawn(Session::server(sio, server_signals, on_inbound).run(stop, grace));
+    let server = tokio::spawn(Session::server(sio, on_inbound).run(stop, grace));
     Pair {
         opener,
-        client_signals,
         client,
         server,
         stop_server: Some(stop_tx),
@@ -200,7 +193,7 @@ async fn roundtrip(stream: StreamIo, payload: &[u8]) -> io::Result<Vec<u8>> {
 }
 
 /// Opens one stream per payload, all at once, and checks every echo byte for byte.
-async fn echo_all(opener: &Opener, payloads: Vec<Vec<u8>>) {
+async fn echo_all(opener: &SessionHandle, payloads: Vec<Vec<u8>>) {
     let mut tasks = JoinSet::new();
     for (i, payload) in payloads.into_iter().enumerate() {
         let opener = opener.clone();
@@ -426,11 +419,10 @@ fn raw_pair() -> (
     JoinHandle<SessionEnd>,
     mpsc::UnboundedReceiver<StreamIo>,
 ) {
-    let ((cio, _), (sio, server_signals)) = ws_pair();
+    let (cio, sio) = ws_pair();
     let (inbound, rx) = queue_inbound();
     let server = tokio::spawn(
-        Session::server(sio, server_signals, inbound)
-            .run(std::future::pending(), Duration::from_secs(1)),
+        Session::server(sio, inbound).run(std::future::pending(), Duration::from_secs(1)),
     );
     let peer = RawPeer {
         ws: cio,
@@ -478,8 +470,8 @@ async fn stream_closed_before_any_write_reaches_the_peer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_interoperates_with_yamux_crate_server() {
     within(TEST_TIMEOUT, "interop, crate server", async {
-        let ((cio, client_signals), (sio, _)) = ws_pair();
-        let (session, opener) = Session::client(cio, client_signals);
+        let (cio, sio) = ws_pair();
+        let (session, opener) = Session::client(cio);
         let _client = tokio::spawn(session.run(std::future::pending(), Duration::from_secs(1)));
         let conn = yamux::Connection::new(sio, crate_config(), yamux::Mode::Server);
         let (_opens, _server) = drive_crate(conn);
@@ -493,9 +485,9 @@ async fn our_client_interoperates_with_yamux_crate_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn yamux_crate_client_interoperates_with_our_server() {
     within(TEST_TIMEOUT, "interop, crate client", async {
-        let ((cio, _), (sio, server_signals)) = ws_pair();
+        let (cio, sio) = ws_pair();
         let _server = tokio::spawn(
-            Session::server(sio, server_signals, echo_inbound())
+            Session::server(sio, echo_inbound())
                 .run(std::future::pending(), Duration::from_secs(1)),
         );
         let conn = yamux::Connection::new(cio, crate_config(), yamux::Mode::Client);
@@ -759,9 +751,9 @@ async fn drain_lets_a_stream_in_use_finish() {
             .send(())
             .expect("stop");
         // The drain has begun once the agent's announcement arrives.
-        let signals = pair.client_signals.clone();
+        let handle = pair.opener.clone();
         eventually(PROMPTLY, "the drain announcement", || {
-            signals.drain_received()
+            handle.peer_draining()
         })
         .await;
 

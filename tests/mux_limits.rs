@@ -12,12 +12,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use gateway::transport::{Opener, Role, Session, SessionEnd, Signals, StreamIo, WsIo, close_code};
+use gateway::transport::{Role, Session, SessionEnd, SessionHandle, StreamIo, WsIo, close_code};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, DuplexStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -246,13 +245,7 @@ fn parse_ws(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
 }
 
 fn ws(io: DuplexStream, role: Role) -> WsIo<DuplexStream> {
-    WsIo::new(
-        io,
-        role,
-        None,
-        close_code::NORMAL,
-        Arc::new(Signals::default()),
-    )
+    WsIo::new(io, role, None, close_code::NORMAL)
 }
 
 /// Our agent-side session (yamux server) against a raw gateway-side peer.
@@ -265,13 +258,9 @@ fn raw_vs_server(
 ) {
     let (peer, ours) = tokio::io::duplex(duplex);
     let (tx, rx) = mpsc::unbounded_channel();
-    let session = Session::server(
-        ws(ours, Role::Server),
-        Arc::new(Signals::default()),
-        move |s| {
-            let _ = tx.send(s);
-        },
-    );
+    let session = Session::server(ws(ours, Role::Server), move |s| {
+        let _ = tx.send(s);
+    });
     let task = tokio::spawn(session.run(std::future::pending(), Duration::from_secs(1)));
     let raw = Raw {
         io: peer,
@@ -283,9 +272,9 @@ fn raw_vs_server(
 }
 
 /// Our gateway-side session (yamux client) against a raw agent-side peer.
-fn raw_vs_client(duplex: usize) -> (Raw, JoinHandle<SessionEnd>, Opener) {
+fn raw_vs_client(duplex: usize) -> (Raw, JoinHandle<SessionEnd>, SessionHandle) {
     let (peer, ours) = tokio::io::duplex(duplex);
-    let (session, opener) = Session::client(ws(ours, Role::Client), Arc::new(Signals::default()));
+    let (session, opener) = Session::client(ws(ours, Role::Client));
     let task = tokio::spawn(session.run(std::future::pending(), Duration::from_secs(1)));
     let raw = Raw {
         io: peer,
@@ -484,7 +473,7 @@ async fn blocked_writer_registers_one_waker() {
     within(TEST_TIMEOUT, "out waiters", async {
         // No session runs yet (as on the gateway between registration and the
         // session's start): nothing takes the output.
-        let (opener, _queue) = Opener::channel();
+        let (opener, _queue) = SessionHandle::channel();
         let chunk = vec![1u8; 256 * 1024];
         let mut cx = Context::from_waker(Waker::noop());
         let mut streams = Vec::new();
@@ -521,8 +510,8 @@ async fn blocked_writer_registers_one_waker() {
 
 // ---- a go-away from the agent closes the opener --------------------------------
 
-/// After the agent's go-away `Opener::open` fails (SessionGone), so
-/// `Opener::is_closed` must say so too: the registry (`is_available`) would
+/// After the agent's go-away `SessionHandle::open` fails (SessionGone), so
+/// `SessionHandle::is_closed` must say so too: the registry (`is_available`) would
 /// otherwise keep routing requests to the agent, each failing with 502 until the
 /// WebSocket ends.
 #[tokio::test]

@@ -22,14 +22,13 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::io::{AsyncReadExt, AsyncWriteExt};
 use futures_util::{SinkExt, StreamExt};
 use gateway::protocol::{MAX_MESSAGE, WRITE_BATCH};
-use gateway::transport::ws_io::{accept_key, client_key};
-use gateway::transport::{Role, Signals, WsIo, close_code};
+use gateway::transport::ws::handshake::{accept_key, client_key};
+use gateway::transport::{Role, WsIo, close_code};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -78,22 +77,26 @@ async fn joined<T>(what: &str, task: tokio::task::JoinHandle<T>) -> T {
 }
 
 /// Our end of a fresh pipe, and the raw other end.
-fn ours(role: Role, close: u16) -> (Ours, Arc<Signals>, DuplexStream) {
+fn ours(role: Role, close: u16) -> (Ours, DuplexStream) {
     let (a, b) = tokio::io::duplex(PIPE);
-    let signals = Arc::new(Signals::default());
-    let ws = WsIo::new(a, role, None, close, signals.clone());
-    (ws, signals, b)
+    (WsIo::new(a, role, None, close), b)
+}
+
+/// Whether the drain control message is among the text messages our end kept
+/// while it read data (it hands them over; acting on them is the session's job).
+fn drain_noticed(ws: &mut Ours) -> bool {
+    std::iter::from_fn(|| ws.take_text()).any(|t| t == DRAIN)
 }
 
 /// Our end and a tungstenite peer in the opposite role.
-async fn ours_and_tungstenite(role: Role, close: u16) -> (Ours, Arc<Signals>, Theirs) {
-    let (ws, signals, raw) = ours(role, close);
+async fn ours_and_tungstenite(role: Role, close: u16) -> (Ours, Theirs) {
+    let (ws, raw) = ours(role, close);
     let their_role = match role {
         Role::Client => TungRole::Server,
         Role::Server => TungRole::Client,
     };
     let theirs = WebSocketStream::from_raw_socket(raw, their_role, None).await;
-    (ws, signals, theirs)
+    (ws, theirs)
 }
 
 /// Tiny deterministic PRNG (xorshift64*).
@@ -320,7 +323,7 @@ struct RawRun {
 /// Feeds `input` to a fresh end in `role` (then EOF), reads it until it ends,
 /// drops it, and collects what it wrote back.
 async fn run_raw(role: Role, input: Vec<u8>, seed: u64) -> RawRun {
-    let (mut ws, signals, raw) = ours(role, close_code::NORMAL);
+    let (mut ws, raw) = ours(role, close_code::NORMAL);
     let (mut their_rd, mut their_wr) = tokio::io::split(raw);
     let write = async move {
         // Our end may stop reading (and drop its side) before all of it is taken.
@@ -329,21 +332,22 @@ async fn run_raw(role: Role, input: Vec<u8>, seed: u64) -> RawRun {
     };
     let read_ours = async move {
         let mut rng = XorShift::new(seed);
-        let out = read_until_end(&mut ws, &mut rng).await;
+        let (data, end) = read_until_end(&mut ws, &mut rng).await;
+        let drain = drain_noticed(&mut ws);
         drop(ws); // closes the pipe: the collector below sees EOF
-        out
+        (data, end, drain)
     };
     let collect = async move {
         let mut sent = Vec::new();
         their_rd.read_to_end(&mut sent).await.map(|_| sent)
     };
     let run = async { tokio::join!(write, read_ours, collect) };
-    let (_, (data, end), sent) = bounded("raw run", run).await;
+    let (_, (data, end, drain), sent) = bounded("raw run", run).await;
     RawRun {
         data,
         end,
         sent_bytes: sent.expect("reading what our end sent"),
-        drain: signals.drain_received(),
+        drain,
     }
 }
 
@@ -376,9 +380,8 @@ fn check_sent(role: Role, sent_bytes: &[u8]) -> Result<Vec<Sent>, String> {
 /// order, answers each ping with its payload, and answers the close.
 #[tokio::test]
 async fn tungstenite_client_to_our_server_messages_pings_and_drain() {
-    let (mut ws, signals, mut theirs) =
-        ours_and_tungstenite(Role::Server, close_code::NORMAL).await;
-    assert!(!signals.drain_received());
+    let (mut ws, mut theirs) = ours_and_tungstenite(Role::Server, close_code::NORMAL).await;
+    assert_eq!(ws.take_text(), None);
 
     let sizes = [0, 1, 125, 126, 127, 65535, 65536, 70000, MAX_MESSAGE];
     let messages: Vec<Vec<u8>> = sizes
@@ -415,13 +418,10 @@ async fn tungstenite_client_to_our_server_messages_pings_and_drain() {
         .await
         .unwrap();
 
-    let (data, end, _ws) = joined("our reader", reader).await;
+    let (data, end, mut ws) = joined("our reader", reader).await;
     end.expect("our read ends with Ok(0) on the peer's close");
     assert_same_bytes(&data, &expected, "bytes our server read");
-    assert!(
-        signals.drain_received(),
-        "the drain message was not noticed"
-    );
+    assert!(drain_noticed(&mut ws), "the drain message was not noticed");
 
     let (before, close) = tungstenite_until_close(&mut theirs).await;
     let pongs: Vec<Message> = pings.into_iter().map(|p| Message::Pong(p.into())).collect();
@@ -437,8 +437,7 @@ async fn tungstenite_client_to_our_server_messages_pings_and_drain() {
 /// a ping between them, and the drain split in two.
 #[tokio::test]
 async fn tungstenite_fragmented_messages_with_interleaved_ping() {
-    let (mut ws, signals, mut theirs) =
-        ours_and_tungstenite(Role::Server, close_code::NORMAL).await;
+    let (mut ws, mut theirs) = ours_and_tungstenite(Role::Server, close_code::NORMAL).await;
     let parts = [pattern(1, 5000), pattern(2, 1), pattern(3, 70_000)];
     let tail = pattern(4, 300);
 
@@ -465,13 +464,13 @@ async fn tungstenite_fragmented_messages_with_interleaved_ping() {
     }
     bounded("sending close", theirs.close(None)).await.unwrap();
 
-    let (data, end, _ws) = joined("our reader", reader).await;
+    let (data, end, mut ws) = joined("our reader", reader).await;
     end.expect("our read ends with Ok(0) on the peer's close");
     let mut expected = parts.concat();
     expected.extend_from_slice(&tail);
     assert_same_bytes(&data, &expected, "bytes of the fragmented messages");
     assert!(
-        signals.drain_received(),
+        drain_noticed(&mut ws),
         "the fragmented drain was not noticed"
     );
 
@@ -492,7 +491,7 @@ async fn tungstenite_fragmented_messages_with_interleaved_ping() {
 /// tungstenite (the other role) receives only binary messages of at most
 /// `WRITE_BATCH` bytes that add up to exactly what was written.
 async fn our_writes_reach_tungstenite(role: Role, seed: u64) {
-    let (mut ws, _signals, mut theirs) = ours_and_tungstenite(role, close_code::NORMAL).await;
+    let (mut ws, mut theirs) = ours_and_tungstenite(role, close_code::NORMAL).await;
     let total = 3 << 20;
     let data = pattern(seed, total);
 
@@ -576,7 +575,7 @@ async fn our_close_handshake_with_tungstenite() {
         (Role::Server, close_code::AWAY, "going away"),
         (Role::Client, close_code::NORMAL, ""),
     ] {
-        let (mut ws, _signals, mut theirs) = ours_and_tungstenite(role, code).await;
+        let (mut ws, mut theirs) = ours_and_tungstenite(role, code).await;
         let peer = tokio::spawn(async move {
             let (before, close) = tungstenite_until_close(&mut theirs).await;
             // Keep reading: this sends tungstenite's reply, then the stream ends.
@@ -606,7 +605,7 @@ async fn our_close_handshake_with_tungstenite() {
 /// socket is shut down at the end.
 #[tokio::test]
 async fn our_close_waits_for_the_reply() {
-    let (mut ws, _signals, raw) = ours(Role::Server, close_code::AWAY);
+    let (mut ws, raw) = ours(Role::Server, close_code::AWAY);
     let (mut their_rd, mut their_wr) = tokio::io::split(raw);
     let done = std::cell::Cell::new(false);
     let our_side = async {
@@ -652,7 +651,7 @@ async fn our_close_waits_for_the_reply() {
 #[tokio::test]
 async fn tungstenite_close_handshake_with_us() {
     for role in [Role::Server, Role::Client] {
-        let (mut ws, _signals, mut theirs) = ours_and_tungstenite(role, close_code::AWAY).await;
+        let (mut ws, mut theirs) = ours_and_tungstenite(role, close_code::AWAY).await;
         let bye = CloseFrame {
             code: CloseCode::Normal,
             reason: "bye".into(),
@@ -681,7 +680,7 @@ async fn tungstenite_close_handshake_with_us() {
 #[tokio::test]
 async fn text_api_with_tungstenite() {
     for role in [Role::Server, Role::Client] {
-        let (mut ws, signals, mut theirs) = ours_and_tungstenite(role, close_code::NORMAL).await;
+        let (mut ws, mut theirs) = ours_and_tungstenite(role, close_code::NORMAL).await;
 
         let hello = "hello ✓ — ünïcödé";
         bounded("ping", theirs.send(Message::Ping(b"p".to_vec().into())))
@@ -699,7 +698,7 @@ async fn text_api_with_tungstenite() {
             .unwrap();
         let got = bounded("recv_text", ws.recv_text()).await.unwrap();
         assert_eq!(got, DRAIN, "{role:?}");
-        assert!(!signals.drain_received(), "{role:?}");
+        assert_eq!(ws.take_text(), None, "{role:?}");
 
         // Binary data written before a text (not even flushed) goes out first.
         bounded("write", ws.write_all(b"before")).await.unwrap();
@@ -1529,7 +1528,7 @@ async fn close_frame_is_sent_when_the_budget_runs_out() {
     let mut lost = Vec::new();
     for (name, input, code) in cases {
         for spent in 0..200 {
-            let (mut ws, _signals, raw) = ours(Role::Server, close_code::NORMAL);
+            let (mut ws, raw) = ours(Role::Server, close_code::NORMAL);
             let (mut their_rd, mut their_wr) = tokio::io::split(raw);
             their_wr.write_all(&input).await.unwrap();
             their_wr.shutdown().await.unwrap();
@@ -1562,7 +1561,7 @@ async fn close_frame_is_sent_when_the_budget_runs_out() {
 /// close reply.
 #[tokio::test]
 async fn close_reply_is_sent_after_queued_data() {
-    let (mut ws, _signals, raw) = ours(Role::Server, close_code::NORMAL);
+    let (mut ws, raw) = ours(Role::Server, close_code::NORMAL);
     let (mut their_rd, mut their_wr) = tokio::io::split(raw);
     let data = pattern(77, 3 * PIPE / 2);
     bounded("write", ws.write_all(&data)).await.unwrap();

@@ -1,14 +1,15 @@
 //! `gateway-agent`: serves one tunnel of a gateway from next to a private web app.
+//! Flags, settings, telemetry, run until a signal, exit code.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use gateway::agent::{self, AgentConfig, AgentError, AgentFile};
-use gateway::config::{LogConfig, Secret};
-use gateway::{EXIT_CONFIG, EXIT_USAGE, Shutdown, telemetry};
-use tokio::signal::unix::{SignalKind, signal};
+use gateway::agent::{self, AgentError, Flags};
+use gateway::auth::Secret;
+use gateway::config::LogConfig;
+use gateway::{EXIT_CONFIG, EXIT_USAGE, telemetry};
 
 /// Connects to a gateway over WebSocket and forwards the requests it receives to a
 /// local HTTP server; reconnects by itself.
@@ -39,50 +40,6 @@ struct Cli {
     log_level: String,
 }
 
-/// One config per gateway URL.
-fn settings(cli: &Cli) -> Result<Vec<AgentConfig>, AgentError> {
-    let file = match &cli.config {
-        Some(p) => AgentFile::load(p)?,
-        None => AgentFile::default(),
-    };
-    let missing = |what: &str| {
-        AgentError::Config(format!(
-            "missing --{what} (or `{what} = ...` in the --config file)"
-        ))
-    };
-    let gateways = if cli.gateway.is_empty() {
-        file.gateway.map(|g| g.into_vec()).unwrap_or_default()
-    } else {
-        cli.gateway.clone()
-    };
-    if gateways.is_empty() {
-        return Err(missing("gateway"));
-    }
-    let base = AgentConfig {
-        gateway: String::new(),
-        tunnel: cli
-            .tunnel
-            .clone()
-            .or(file.tunnel)
-            .ok_or_else(|| missing("tunnel"))?,
-        token: cli.token.clone().map(Secret::new).or(file.token),
-        upstream: cli
-            .upstream
-            .clone()
-            .or(file.upstream)
-            .ok_or_else(|| missing("upstream"))?,
-        grace: cli.grace.or(file.grace).unwrap_or(agent::DEFAULT_GRACE),
-    };
-    agent::Upstream::parse(&base.upstream)?;
-    Ok(gateways
-        .into_iter()
-        .map(|gateway| AgentConfig {
-            gateway,
-            ..base.clone()
-        })
-        .collect())
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -92,12 +49,17 @@ fn main() -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
-    let configs = match settings(&cli) {
+    let flags = Flags {
+        gateway: cli.gateway,
+        tunnel: cli.tunnel,
+        token: cli.token.map(Secret::new),
+        upstream: cli.upstream,
+        config: cli.config,
+        grace: cli.grace,
+    };
+    let configs = match flags.settings() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
+        Err(e) => return fail(&e),
     };
     let runtime = match gateway::runtime() {
         Ok(rt) => rt,
@@ -108,7 +70,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let log = LogConfig {
-            level: cli.log_level.clone(),
+            level: cli.log_level,
             ..LogConfig::default()
         };
         let _telemetry = match telemetry::init(&log) {
@@ -118,49 +80,19 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG as u8);
             }
         };
-        let shutdown = Shutdown::new();
-        let (Ok(mut term), Ok(mut int)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-        else {
-            eprintln!("error: cannot install signal handlers");
-            return ExitCode::FAILURE;
-        };
-        // One reconnecting session per gateway; the first fatal error ends them all.
-        let mut sessions = tokio::task::JoinSet::new();
-        for cfg in configs {
-            sessions.spawn(agent::run(cfg, shutdown.subscribe()));
-        }
-        let run = async move {
-            while let Some(done) = sessions.join_next().await {
-                match done {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(e),
-                    Err(e) => return Err(AgentError::Transient(format!("agent task failed: {e}"))),
-                }
-            }
-            Ok(())
-        };
-        tokio::pin!(run);
-        let result = tokio::select! {
-            r = &mut run => r,
-            _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
-                tracing::info!("signal received: draining open requests, then leaving");
-                shutdown.trigger();
-                tokio::select! {
-                    r = &mut run => r,
-                    _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
-                        tracing::warn!("second signal: exiting at once");
-                        Ok(())
-                    }
-                }
-            }
-        };
-        match result {
+        match agent::run_until_signalled(configs).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(if matches!(e, AgentError::Config(_)) { EXIT_CONFIG as u8 } else { 1 })
-            }
+            Err(e) => fail(&e),
         }
+    })
+}
+
+/// One `error:` line; 78 for bad settings, 1 otherwise.
+fn fail(e: &AgentError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(if matches!(e, AgentError::Config(_)) {
+        EXIT_CONFIG as u8
+    } else {
+        1
     })
 }

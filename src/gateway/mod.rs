@@ -6,17 +6,20 @@
 //!   everything else;
 //! - [`routing`], [`policy`], [`proxy`], [`observe`]: the phases of a proxied
 //!   request (route, admit, acquire/send/respond, observe);
-//! - [`agent_endpoint`]: `GET /ws`, where agents connect;
+//! - [`agent_endpoint`]: `GET /ws`, where agents connect, and [`agent_session`],
+//!   a connected agent's lifecycle; [`registry`]: the connected agents;
 //! - [`admin`]: `/health` and `/connections`.
 
 mod admin;
 mod agent_endpoint;
+mod agent_session;
 mod dispatch;
 mod error;
 mod listener;
 mod observe;
 mod policy;
 mod proxy;
+pub mod registry;
 mod request_id;
 mod routing;
 
@@ -28,8 +31,8 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
+use self::registry::Registry;
 use crate::config::Config;
-use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 
 /// Shared state of a running gateway.

@@ -1,30 +1,41 @@
-//! A yamux session ([`super::mux`]) over a [`WsIo`], driven by one task.
+//! A yamux session ([`super::mux`]) over a [`WsIo`], driven by one task, and the
+//! session's control messages.
 //!
-//! The gateway is the yamux client: [`Opener::open`] opens a stream at once (its
-//! frames wait for the session task if it is not running yet). The agent is the
-//! server: every stream the gateway opens is handed to its `on_inbound` callback.
-//! Both ends share the same driver, which also runs the drain: on shutdown it stops opening streams (the agent first tells
-//! the gateway with a `drain` control message), waits until the streams in use are
-//! done or the grace period is over, and closes the WebSocket.
+//! The gateway is the yamux client: [`SessionHandle::open`] opens a stream at once
+//! (its frames wait for the session task if it is not running yet). The agent is
+//! the server: every stream the gateway opens is handed to its `on_inbound`
+//! callback. Both ends share the same driver, which also runs the drain: on
+//! shutdown it stops opening streams (the agent first tells the gateway with a
+//! `drain` control message), waits until the streams in use are done or the grace
+//! period is over, then sends a go-away and closes the WebSocket.
+//!
+//! Control messages are the WebSocket's text messages ([`Control`]): the codec
+//! hands them over as text, the session acts on them. The gateway learns of an
+//! agent's drain through its [`SessionHandle`].
 
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures_util::AsyncWrite as _;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
 
 use super::mux::{self, Mode, Parser, Shared, StreamCount};
-use super::{Signals, StreamIo, WsIo};
+use super::{StreamIo, WsIo};
 use crate::protocol::Control;
 
+/// Why a stream could not be opened.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TunnelError {
+    /// The session has ended, or takes no new streams.
     #[error("the agent's session has ended")]
     SessionGone,
+    /// The session is at one of its limits.
     #[error("cannot open a stream to the agent: {0}")]
     Open(String),
 }
@@ -40,43 +51,54 @@ pub enum SessionEnd {
     Failed(String),
 }
 
-/// Handle that opens streams on a gateway-side session. Cheap to clone.
-#[derive(Clone)]
-pub struct Opener {
-    shared: Arc<Shared>,
+/// What the peer said of itself, shared by the session task and its handles.
+#[derive(Debug, Default)]
+struct Peer {
+    /// The peer announced its drain.
+    draining: AtomicBool,
+    /// Wakes whoever waits for `draining`.
+    drained: Notify,
 }
 
-impl std::fmt::Debug for Opener {
+/// Handle on a gateway-side session: opens streams, and tells whether the agent
+/// is leaving. What the registry keeps of a connected agent. Cheap to clone.
+#[derive(Clone)]
+pub struct SessionHandle {
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+}
+
+impl std::fmt::Debug for SessionHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Opener")
+        f.debug_struct("SessionHandle")
             .field("closed", &self.is_closed())
+            .field("peer_draining", &self.peer_draining())
             .finish()
     }
 }
 
-/// The session end of an [`Opener`], handed to [`Session::client_with`]. Dropped
-/// without a session, it ends the session before it began.
-pub struct OpenQueue(Arc<Shared>);
+/// The session end of a [`SessionHandle`], handed to [`Session::client_with`].
+/// Dropped without a session, it ends the session before it began.
+pub struct OpenQueue(SessionHandle);
 
 impl Drop for OpenQueue {
     fn drop(&mut self) {
-        self.0.end("the session never started");
+        self.0.shared.end("the session never started");
     }
 }
 
-impl Opener {
-    /// An opener whose session does not exist yet: streams opened meanwhile
-    /// start once it runs.
-    pub fn channel() -> (Opener, OpenQueue) {
-        let shared = Shared::new(Mode::Client);
-        (
-            Opener {
-                shared: shared.clone(),
-            },
-            OpenQueue(shared),
-        )
+impl SessionHandle {
+    /// A handle whose session does not exist yet: streams opened meanwhile start
+    /// once it runs.
+    pub fn channel() -> (SessionHandle, OpenQueue) {
+        let handle = SessionHandle {
+            shared: Shared::new(Mode::Client),
+            peer: Arc::default(),
+        };
+        (handle.clone(), OpenQueue(handle))
     }
 
+    /// Opens a stream to the agent.
     pub async fn open(&self) -> Result<StreamIo, TunnelError> {
         self.shared.open()
     }
@@ -85,6 +107,22 @@ impl Opener {
     /// sent a go-away, or the stream IDs ran out.
     pub fn is_closed(&self) -> bool {
         self.shared.is_refusing()
+    }
+
+    /// Whether the agent announced that it is leaving.
+    pub fn peer_draining(&self) -> bool {
+        self.peer.draining.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the agent has announced that it is leaving.
+    pub async fn peer_drained(&self) {
+        loop {
+            let notified = self.peer.drained.notified();
+            if self.peer_draining() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -100,10 +138,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads handled in one go before the task yields to others.
 const READ_BUDGET: usize = 16;
 
+/// The driver of one session; see the module docs.
 pub struct Session<T> {
     ws: WsIo<T>,
     shared: Arc<Shared>,
-    /// Keeps the opener's end alive while the session runs (client).
+    peer: Arc<Peer>,
+    /// Keeps the handle's end alive while the session runs (client).
     _queue: Option<OpenQueue>,
     /// Received bytes not yet parsed, and the parser's state.
     rbuf: BytesMut,
@@ -113,7 +153,6 @@ pub struct Session<T> {
     /// Output taken from the streams, not yet accepted by the WebSocket.
     wpending: BytesMut,
     on_inbound: Option<Inbound>,
-    signals: Arc<Signals>,
     /// Whether this end tells the peer when it starts draining (the agent does).
     announce_drain: bool,
     /// The peer broke the protocol: the session closes after its go-away.
@@ -131,45 +170,41 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     /// The gateway's end: returns the session and the handle that opens streams.
-    pub fn client(io: WsIo<T>, signals: Arc<Signals>) -> (Self, Opener) {
-        let (opener, queue) = Opener::channel();
-        (Self::client_with(io, signals, queue), opener)
+    pub fn client(io: WsIo<T>) -> (Self, SessionHandle) {
+        let (handle, queue) = SessionHandle::channel();
+        (Self::client_with(io, queue), handle)
     }
 
-    /// The gateway's end, serving an [`Opener`] made beforehand with
-    /// [`Opener::channel`] (streams opened meanwhile start now).
-    pub fn client_with(io: WsIo<T>, signals: Arc<Signals>, queue: OpenQueue) -> Self {
+    /// The gateway's end, serving a [`SessionHandle`] made beforehand with
+    /// [`SessionHandle::channel`] (streams opened meanwhile start now).
+    pub fn client_with(io: WsIo<T>, queue: OpenQueue) -> Self {
         Session {
             ws: io,
-            shared: queue.0.clone(),
+            shared: queue.0.shared.clone(),
+            peer: queue.0.peer.clone(),
             _queue: Some(queue),
             rbuf: BytesMut::new(),
             parser: Parser::default(),
             idle_ticks_seen: 0,
             wpending: BytesMut::new(),
             on_inbound: None,
-            signals,
             announce_drain: false,
             protocol_error: false,
         }
     }
 
     /// The agent's end: `on_inbound` receives each stream the gateway opens.
-    pub fn server(
-        io: WsIo<T>,
-        signals: Arc<Signals>,
-        on_inbound: impl FnMut(StreamIo) + Send + 'static,
-    ) -> Self {
+    pub fn server(io: WsIo<T>, on_inbound: impl FnMut(StreamIo) + Send + 'static) -> Self {
         Session {
             ws: io,
             shared: Shared::new(Mode::Server),
+            peer: Arc::default(),
             _queue: None,
             rbuf: BytesMut::new(),
             parser: Parser::default(),
             idle_ticks_seen: 0,
             wpending: BytesMut::new(),
             on_inbound: Some(Box::new(on_inbound)),
-            signals,
             announce_drain: true,
             protocol_error: false,
         }
@@ -194,7 +229,6 @@ where
     }
 
     async fn run_inner(&mut self, stop: impl Future<Output = ()>, grace: Duration) -> SessionEnd {
-        let signals = self.signals.clone();
         tokio::select! {
             end = self.drive_until_end() => return end,
             _ = stop => {}
@@ -202,18 +236,15 @@ where
         // Draining: open nothing new, let streams in use finish.
         self.shared.refuse_new();
         if self.announce_drain {
-            signals.send_control(&Control::Drain);
+            self.ws.queue_text(&Control::Drain.to_text());
         }
         let streams = self.shared.count().clone();
         let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                end = self.drive_until_end() => return end,
-                _ = streams.wait_zero() => break,
-                _ = &mut deadline => break,
-                _ = signals.kicked() => {}
-            }
+        tokio::select! {
+            end = self.drive_until_end() => return end,
+            _ = streams.wait_zero() => {}
+            _ = &mut deadline => {}
         }
         let unfinished_streams = streams.get();
         self.shared.go_away(mux::GO_AWAY_NORMAL);
@@ -222,14 +253,13 @@ where
     }
 
     async fn drive_until_end(&mut self) -> SessionEnd {
-        let signals = self.signals.clone();
-        let end = loop {
-            tokio::select! {
-                end = poll_fn(|cx| self.poll_drive(cx)) => break end,
-                // A control message was queued: poll again so it is written.
-                _ = signals.kicked() => {}
-            }
-        };
+        let end = poll_fn(|cx| {
+            let polled = self.poll_drive(cx);
+            // Texts arrive only while the WebSocket is read, which is here.
+            self.on_control_messages();
+            polled
+        })
+        .await;
         if self.protocol_error {
             // The go-away says why; the peer gets it before the close.
             let close = poll_fn(|cx| self.poll_close(cx));
@@ -324,6 +354,19 @@ where
         // Let other tasks run; come back at once.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Acts on the control messages that arrived.
+    fn on_control_messages(&mut self) {
+        while let Some(text) = self.ws.take_text() {
+            match Control::parse(&text) {
+                Some(Control::Drain) => {
+                    self.peer.draining.store(true, Ordering::Release);
+                    self.peer.drained.notify_waiters();
+                }
+                None => tracing::debug!(message = %text, "ignoring unknown control message"),
+            }
+        }
     }
 
     /// Frees the read buffer once the WebSocket has seen a heartbeat interval

@@ -9,8 +9,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 
+use super::super::registry::{IdleHolder, InFlight};
 use super::pool::BoundSlot;
-use crate::registry::{IdleHolder, InFlight};
 
 /// The upstream's response body, passed through frame by frame. While it lives the
 /// request counts as in flight on its agent; when it ends, a bound stream to an

@@ -30,11 +30,11 @@ use tracing::Instrument;
 pub(crate) use self::pool::BoundSlot;
 use super::error::{ErrorKind, wants_json};
 use super::observe::{Outcome, observe};
+use super::registry::{Agent, InFlight};
 use super::request_id::request_id;
 use super::routing::{self, Kind};
 use super::{ConnCtx, State, policy};
 use crate::config::{Config, TunnelConfig};
-use crate::registry::{Agent, InFlight};
 
 /// Proxies one request. `host_tunnel` is the tunnel the Host header named, if any.
 pub(crate) async fn handle(

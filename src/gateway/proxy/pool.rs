@@ -11,8 +11,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use super::super::error::ErrorKind;
+use super::super::registry::{Agent, IdleHolder};
 use super::super::{ConnCtx, State};
-use crate::registry::{Agent, IdleHolder};
 
 /// The upstream connection bound to one public connection.
 #[derive(Default)]
@@ -75,7 +75,7 @@ pub(crate) async fn acquire(
         .registry
         .select(tunnel)
         .ok_or_else(|| ErrorKind::NoAgent(tunnel.to_owned()))?;
-    let mut stream = agent.opener.open().await.map_err(|e| {
+    let mut stream = agent.session.open().await.map_err(|e| {
         tracing::warn!(error = %e, agent = %agent.connection_id, "cannot open a stream");
         ErrorKind::AgentLost
     })?;

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::registry::InFlight;
+use super::super::registry::InFlight;
 use crate::shutdown::signalled;
 
 /// Whether the request asks for an upgrade: an `Upgrade` header and `upgrade`

@@ -14,7 +14,7 @@ use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::transport::{Opener, Signals};
+use crate::transport::SessionHandle;
 
 /// Something that may keep an idle upstream stream to an agent open between
 /// requests (a public connection's bound stream, see `gateway::proxy`).
@@ -33,8 +33,8 @@ pub struct Agent {
     /// What the agent says it forwards to (display only).
     pub upstream: Option<String>,
     pub connected_at: SystemTime,
-    pub opener: Opener,
-    pub signals: Arc<Signals>,
+    /// Opens streams to the agent; says whether it is leaving.
+    pub session: SessionHandle,
     in_flight: AtomicUsize,
     total: AtomicU64,
     draining: AtomicBool,
@@ -53,8 +53,7 @@ impl Agent {
         tunnel: String,
         peer: SocketAddr,
         upstream: Option<String>,
-        opener: Opener,
-        signals: Arc<Signals>,
+        session: SessionHandle,
     ) -> Self {
         Agent {
             connection_id,
@@ -62,8 +61,7 @@ impl Agent {
             peer,
             upstream,
             connected_at: SystemTime::now(),
-            opener,
-            signals,
+            session,
             in_flight: AtomicUsize::new(0),
             total: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -85,7 +83,7 @@ impl Agent {
 
     /// Whether new streams may go to this agent.
     pub fn is_available(&self) -> bool {
-        !self.draining.load(Ordering::Acquire) && !self.opener.is_closed()
+        !self.draining.load(Ordering::Acquire) && !self.session.is_closed()
     }
 
     /// Stops routing to this agent and closes its session.
