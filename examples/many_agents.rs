@@ -27,7 +27,7 @@ use gateway::agent::{self, AgentConfig, AgentError, Upstream};
 use gateway::config::Secret;
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Attempts per agent before giving up on it.
 const ATTEMPTS: u32 = 5;
@@ -134,7 +134,7 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -165,10 +165,10 @@ async fn run(args: Args) -> ExitCode {
                         eprintln!("{n} agents connected ({:.1?})", started.elapsed());
                     }
                     let (upstream, stop, ended) =
-                        (upstream.clone(), stop_rx.clone(), ended_early.clone());
+                        (upstream.clone(), stop.clone(), ended_early.clone());
                     sessions.spawn(async move {
                         let end = conn.serve(upstream, stop.clone(), CLOSE_GRACE).await;
-                        if !*stop.borrow() {
+                        if !stop.is_cancelled() {
                             ended.fetch_add(1, Ordering::Relaxed);
                             eprintln!("a session ended before the stop: {end:?}");
                         }
@@ -219,7 +219,7 @@ async fn run(args: Args) -> ExitCode {
     }
 
     // Close every session, bounded in time.
-    let _ = stop_tx.send(true);
+    stop.cancel();
     let closing = async { while sessions.join_next().await.is_some() {} };
     if tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(2), closing)
         .await

@@ -1,62 +1,90 @@
-//! Graceful shutdown through one `tokio::sync::watch` channel.
-//!
-//! The daemon owns a [`Shutdown`]; every long-lived task (each public connection,
-//! each agent session, each upgraded passthrough) holds a [`watch::Receiver`] from
-//! [`Shutdown::subscribe`]. `trigger` flips the value; tasks see `changed()` and
-//! wind down; [`Shutdown::drain`] waits until every receiver is dropped, bounded by
-//! the grace period, and reports how many tasks were still running.
+//! Shutdown: two jobs, two types. A [`CancellationToken`] tells every task to
+//! stop; a [`TaskTracker`] knows when the tasks that must finish (each public
+//! connection, each agent session until its close frame is out, each upgraded
+//! passthrough) are done. [`Shutdown::drain`] waits for them, bounded by the
+//! grace period, and says how many were still running.
 //!
 //! axum's own graceful shutdown does not cover tasks spawned from an upgrade
-//! (tokio-rs/axum#3003), which is why agent sessions subscribe here themselves.
+//! (tokio-rs/axum#3003): agent sessions are spawned on the tracker themselves.
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// Cloning gives another handle on the same channel (clones are not receivers, so
-/// they do not hold up the drain).
-#[derive(Debug, Clone)]
+/// The daemon's stop signal and its tracker of tasks. Clones share both.
+#[derive(Debug, Clone, Default)]
 pub struct Shutdown {
-    tx: watch::Sender<bool>,
-}
-
-impl Default for Shutdown {
-    fn default() -> Self {
-        Self::new()
-    }
+    stop: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl Shutdown {
+    /// A shutdown that has not been triggered, tracking no task.
     pub fn new() -> Self {
-        let (tx, _) = watch::channel(false);
-        Shutdown { tx }
+        Self::default()
     }
 
-    /// A receiver for one task; it must be dropped when the task ends.
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
-        self.tx.subscribe()
+    /// The stop signal, for a task to listen to (`token.cancelled().await`).
+    pub fn token(&self) -> CancellationToken {
+        self.stop.clone()
     }
 
-    /// Starts the shutdown: every subscriber's `changed()` resolves.
+    /// Spawns a task that the drain waits for.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn(task)
+    }
+
+    /// Tells every task to stop.
     pub fn trigger(&self) {
-        self.tx.send_replace(true);
+        self.stop.cancel();
     }
 
+    /// Whether [`Shutdown::trigger`] was called.
     pub fn is_triggered(&self) -> bool {
-        *self.tx.borrow()
+        self.stop.is_cancelled()
     }
 
-    /// Waits until every subscriber is gone, or `grace` has passed. Returns the
+    /// Resolves once the shutdown is triggered.
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await
+    }
+
+    /// Waits until every tracked task is done, or `grace` has passed. Returns the
     /// number of tasks still running at the deadline (0 when all finished).
     pub async fn drain(&self, grace: Duration) -> usize {
-        match tokio::time::timeout(grace, self.tx.closed()).await {
+        self.tasks.close();
+        match tokio::time::timeout(grace, self.tasks.wait()).await {
             Ok(()) => 0,
-            Err(_) => self.tx.receiver_count(),
+            Err(_) => self.tasks.len(),
         }
     }
 }
 
-/// Resolves when `rx` reports shutdown (or its sender is gone).
-pub async fn signalled(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_for_tracked_tasks_within_the_grace() {
+        let shutdown = Shutdown::new();
+        for secs in [1, 2, 100] {
+            let token = shutdown.token();
+            shutdown.spawn(async move {
+                token.cancelled().await;
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+            });
+        }
+        // An untracked task does not hold the drain.
+        tokio::spawn(std::future::pending::<()>());
+        shutdown.trigger();
+        assert!(shutdown.is_triggered());
+        assert_eq!(shutdown.drain(Duration::from_secs(10)).await, 1);
+        assert_eq!(Shutdown::new().drain(Duration::from_secs(10)).await, 0);
+    }
 }

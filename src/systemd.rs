@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -33,7 +33,7 @@ pub fn stopping() {
 
 /// When systemd asked for a watchdog (`WATCHDOG_USEC`), pings at half its interval
 /// until shutdown. Returns at once when there is no watchdog.
-pub async fn watchdog(mut shutdown: watch::Receiver<bool>) {
+pub async fn watchdog(stop: CancellationToken) {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
     };
@@ -42,7 +42,7 @@ pub async fn watchdog(mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = ticker.tick() => send(&[NotifyState::Watchdog]),
-            _ = shutdown.changed() => return,
+            _ = stop.cancelled() => return,
         }
     }
 }

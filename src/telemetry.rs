@@ -21,12 +21,20 @@ pub struct Telemetry {
     from_env: bool,
 }
 
+/// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    /// The log file cannot be opened.
     #[error(
         "cannot open log file in {dir}: {reason}; create the directory and make it writable, or remove log.directory to log to stderr only"
     )]
-    File { dir: String, reason: String },
+    File {
+        /// `log.directory`.
+        dir: String,
+        /// Why.
+        reason: String,
+    },
+    /// Another logger was installed first.
     #[error("a global logger is already installed")]
     AlreadyInstalled,
 }

@@ -84,9 +84,9 @@ async fn request_in_flight_at_sigterm_completes() {
     let agent = gateway::agent::connect(&agent_for(addr, "demo", &up.url()))
         .await
         .unwrap();
-    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let stop = gateway::Shutdown::new();
     let upstream = gateway::agent::Upstream::parse(&up.url()).unwrap();
-    let agent_task = tokio::spawn(agent.serve(upstream, rx, Duration::from_secs(5)));
+    let agent_task = tokio::spawn(agent.serve(upstream, stop.token(), Duration::from_secs(5)));
 
     let slow = tokio::spawn(async move {
         client()
@@ -138,11 +138,11 @@ async fn second_signal_exits_at_once() {
         let c = gateway::agent::connect(&agent_for(addr, "demo", &up.url()))
             .await
             .unwrap();
-        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stop = gateway::Shutdown::new();
         let upstream = gateway::agent::Upstream::parse(&up.url()).unwrap();
         (
-            tokio::spawn(c.serve(upstream, rx, Duration::from_secs(5))),
-            tx,
+            tokio::spawn(c.serve(upstream, stop.token(), Duration::from_secs(5))),
+            stop,
         )
     };
     let slow = tokio::spawn(async move {

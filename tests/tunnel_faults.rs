@@ -173,7 +173,7 @@ async fn agent_reconnects_to_a_restarted_gateway() {
     let agent_shutdown = Shutdown::new();
     let run = tokio::spawn(agent::run(
         agent_config(&gw, "demo", None, &up.url()),
-        agent_shutdown.subscribe(),
+        agent_shutdown.token(),
     ));
     gw.wait_agents("demo", 1).await;
     let first_id = gw.gateway.state().registry.agents_of("demo")[0]
@@ -488,7 +488,7 @@ async fn refused_agents_get_the_reason() {
 
         // agent::run gives up at once rather than retrying forever.
         let never = Shutdown::new();
-        let err = tokio::time::timeout(Duration::from_secs(10), agent::run(cfg, never.subscribe()))
+        let err = tokio::time::timeout(Duration::from_secs(10), agent::run(cfg, never.token()))
             .await
             .expect("agent::run gives up within 10 s")
             .expect_err("refused");

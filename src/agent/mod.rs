@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use self::backoff::Backoff;
 pub use self::backoff::{BACKOFF_BASE, BACKOFF_CAP, BACKOFF_RESET_AFTER, backoff};
@@ -33,7 +33,6 @@ use self::dial::GatewayIo;
 pub use self::dial::{CONNECT_TIMEOUT, connect};
 pub use self::upstream::{UPSTREAM_CONNECT_TIMEOUT, Upstream};
 use crate::protocol::Hello;
-use crate::shutdown::{Shutdown, signalled};
 use crate::transport::{Session, SessionEnd, WsIo};
 
 /// Why the agent stopped, or could not connect.
@@ -75,7 +74,7 @@ impl Connected {
     pub async fn serve(
         self,
         upstream: Upstream,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
         grace: Duration,
     ) -> SessionEnd {
         let heartbeat = Duration::from_secs(self.hello.heartbeat_secs.max(1));
@@ -84,24 +83,22 @@ impl Connected {
         let session = Session::server(io, move |stream| {
             tokio::spawn(upstream::splice(stream, upstream.clone()));
         });
-        session
-            .run(async move { signalled(&mut shutdown).await }, grace)
-            .await
+        session.run(shutdown.cancelled_owned(), grace).await
     }
 }
 
 /// Connects and serves forever: reconnects on network errors and when the gateway
 /// goes away; returns `Ok` after a shutdown, `Err` on a refusal retrying cannot fix.
-pub async fn run(cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let upstream = Upstream::parse(&cfg.upstream)?;
     let mut backoff = Backoff::default();
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             return Ok(());
         }
         let attempt = tokio::select! {
             r = connect(&cfg) => r,
-            _ = signalled(&mut shutdown) => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
         };
         match attempt {
             Ok(connected) => {
@@ -148,7 +145,7 @@ pub async fn run(cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Resul
         let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = signalled(&mut shutdown) => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
         }
     }
 }
@@ -157,7 +154,7 @@ pub async fn run(cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Resul
 /// a second signal exits at once. Returns the first error that retrying cannot
 /// fix.
 pub async fn run_until_signalled(configs: Vec<AgentConfig>) -> Result<(), AgentError> {
-    let shutdown = Shutdown::new();
+    let stop = CancellationToken::new();
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -167,7 +164,7 @@ pub async fn run_until_signalled(configs: Vec<AgentConfig>) -> Result<(), AgentE
     // One reconnecting session per gateway; the first fatal error ends them all.
     let mut sessions = tokio::task::JoinSet::new();
     for cfg in configs {
-        sessions.spawn(run(cfg, shutdown.subscribe()));
+        sessions.spawn(run(cfg, stop.clone()));
     }
     let run = async move {
         while let Some(done) = sessions.join_next().await {
@@ -186,7 +183,7 @@ pub async fn run_until_signalled(configs: Vec<AgentConfig>) -> Result<(), AgentE
         _ = int.recv() => {}
     }
     tracing::info!("signal received: draining open requests, then leaving");
-    shutdown.trigger();
+    stop.cancel();
     tokio::select! {
         r = &mut run => r,
         _ = term.recv() => { tracing::warn!("second signal: exiting at once"); Ok(()) }

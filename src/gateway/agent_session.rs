@@ -13,7 +13,6 @@ use tracing::Instrument;
 use super::State;
 use super::registry::Agent;
 use crate::protocol::Hello;
-use crate::shutdown::signalled;
 use crate::transport::{Role, Session, SessionEnd, SessionHandle, WsIo, close_code};
 
 /// An agent that passed the handshake's checks.
@@ -37,12 +36,10 @@ pub(crate) fn start(state: &Arc<State>, accepted: Accepted, on_upgrade: OnUpgrad
         peer = %accepted.peer
     );
     let state = state.clone();
-    let mut shutdown = state.shutdown.subscribe();
-    // Held until the session has closed its WebSocket: `stop` below drops its own
-    // receiver as soon as draining starts, and the daemon exits once no receiver
-    // is left, which would cut the close frame off.
-    let drain_guard = state.shutdown.subscribe();
-    tokio::spawn(
+    let shutdown = state.shutdown.clone();
+    // Tracked until the session has closed its WebSocket, so that the daemon does
+    // not exit before the agent has its close frame.
+    shutdown.clone().spawn(
         async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
@@ -99,7 +96,7 @@ pub(crate) fn start(state: &Arc<State>, accepted: Accepted, on_upgrade: OnUpgrad
                 let agent = agent.clone();
                 async move {
                     tokio::select! {
-                        _ = signalled(&mut shutdown) => {}
+                        _ = shutdown.stopped() => {}
                         _ = agent.evicted.notified() => tracing::info!("tunnel revoked by reload; closing agent session"),
                         _ = watch_drain => {}
                     }
@@ -115,7 +112,6 @@ pub(crate) fn start(state: &Arc<State>, accepted: Accepted, on_upgrade: OnUpgrad
                 }
                 SessionEnd::Failed(reason) => tracing::warn!(%reason, "agent session failed"),
             }
-            drop(drain_guard);
         }
         .instrument(span),
     );

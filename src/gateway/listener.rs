@@ -2,6 +2,7 @@
 //! client, with upgrades, served by [`super::dispatch`].
 
 use std::convert::Infallible;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,22 +12,44 @@ use http::{HeaderValue, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{ConnCtx, Gateway, dispatch};
-use crate::shutdown::{Shutdown, signalled};
+use crate::shutdown::Shutdown;
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (EMFILE and friends), so that the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Why the listener could not be bound: the address, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {hint}")]
+pub struct BindError {
+    addr: SocketAddr,
+    hint: String,
+}
+
+/// Binds the public listener, or says what to do instead.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let hint = match e.kind() {
+            ErrorKind::AddrInUse => "address already in use; stop the other process or choose another port with --port or server.port".to_owned(),
+            ErrorKind::PermissionDenied => "permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE, or choose another port with --port".to_owned(),
+            ErrorKind::AddrNotAvailable => format!(
+                "{e}; server.host must be an address of this machine (127.0.0.1, 0.0.0.0, ...)"
+            ),
+            _ => e.to_string(),
+        };
+        BindError { addr, hint }
+    })
+}
+
 impl Gateway {
     /// Accepts connections until `shutdown` fires, then stops accepting and tells
     /// every connection to finish its current request and close. Returns when the
     /// listener is closed; connections finish on their own (see [`Shutdown::drain`]).
     pub async fn serve(&self, listener: TcpListener, shutdown: &Shutdown) {
-        let mut stop = shutdown.subscribe();
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -37,23 +60,18 @@ impl Gateway {
                         continue;
                     }
                 },
-                _ = signalled(&mut stop) => break,
+                _ = shutdown.stopped() => break,
             };
             let _ = stream.set_nodelay(true);
             let this = self.clone();
-            let conn_shutdown = shutdown.subscribe();
-            tokio::spawn(async move { this.serve_connection(stream, peer, conn_shutdown).await });
+            let stop = shutdown.token();
+            shutdown.spawn(async move { this.serve_connection(stream, peer, stop).await });
         }
         self.state.draining.store(true, Ordering::Release);
         tracing::info!("stopped accepting connections");
     }
 
-    async fn serve_connection(
-        self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn serve_connection(self, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
         let ctx = ConnCtx {
             peer,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
@@ -82,7 +100,7 @@ impl Gateway {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
             }
-            _ = signalled(&mut shutdown) => {
+            _ = stop.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 if let Err(e) = conn.await {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");

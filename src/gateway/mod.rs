@@ -13,13 +13,15 @@
 mod admin;
 mod agent_endpoint;
 mod agent_session;
+pub mod daemon;
 mod dispatch;
 mod error;
-mod listener;
+pub mod listener;
 mod observe;
 mod policy;
 mod proxy;
 pub mod registry;
+mod reload;
 mod request_id;
 mod routing;
 
@@ -32,6 +34,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 
 use self::registry::Registry;
+pub use self::reload::ReloadReport;
 use crate::config::Config;
 use crate::shutdown::Shutdown;
 
@@ -57,15 +60,6 @@ impl State {
     }
 }
 
-/// What a reload changed, for the log.
-#[derive(Debug, Default)]
-pub struct ReloadReport {
-    /// Settings that need a restart to take effect.
-    pub needs_restart: Vec<String>,
-    /// Agents disconnected because their tunnel was removed.
-    pub disconnected: usize,
-}
-
 /// A gateway: its state and the router of its own endpoints.
 #[derive(Clone)]
 pub struct Gateway {
@@ -85,8 +79,8 @@ pub(crate) struct ConnCtx {
 }
 
 impl Gateway {
-    /// A gateway with `config`; `shutdown` is the daemon's shutdown channel, to
-    /// which every connection and agent session subscribes.
+    /// A gateway with `config`; `shutdown` is the daemon's: every connection and
+    /// agent session listens to its stop and is tracked by it.
     pub fn new(config: Config, shutdown: &Shutdown) -> Self {
         let state = Arc::new(State {
             config: ArcSwap::from_pointee(config),
@@ -102,51 +96,5 @@ impl Gateway {
     /// The shared state (for tests and the daemon).
     pub fn state(&self) -> &Arc<State> {
         &self.state
-    }
-
-    /// Applies a new configuration (SIGHUP): tunnels, tokens, timeouts and routing
-    /// take effect for new requests and agents; listener changes are reported.
-    pub fn reload(&self, mut new: Config) -> ReloadReport {
-        let old = self.state.config();
-        let mut report = ReloadReport::default();
-        if old.server.host != new.server.host || old.server.port != new.server.port {
-            report.needs_restart.push(format!(
-                "server.host/server.port ({} -> {})",
-                old.server.addr(),
-                new.server.addr()
-            ));
-        }
-        let log_changed = old.log.directory != new.log.directory
-            || old.log.file != new.log.file
-            || old.log.format != new.log.format
-            || old.log.rotation != new.log.rotation;
-        if log_changed {
-            report
-                .needs_restart
-                .push("log.directory/file/format/rotation".to_owned());
-        }
-        // Keep describing what actually runs: the listener and the log writers are
-        // not rebuilt, so later reloads compare against them, not the file.
-        new.server.host = old.server.host;
-        new.server.port = old.server.port;
-        new.log = crate::config::LogConfig {
-            level: new.log.level.clone(),
-            ..old.log.clone()
-        };
-        for t in &old.tunnels {
-            let revoked = match new.tunnel(&t.id) {
-                None => true,
-                Some(n) => n.token != t.token || n.token_sha256 != t.token_sha256,
-            };
-            if revoked {
-                // Its credentials no longer hold: stop routing to it and close it.
-                for agent in self.state.registry.agents_of(&t.id) {
-                    agent.evict();
-                    report.disconnected += 1;
-                }
-            }
-        }
-        self.state.config.store(Arc::new(new));
-        report
     }
 }

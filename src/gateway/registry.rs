@@ -18,7 +18,7 @@ use crate::transport::SessionHandle;
 
 /// Something that may keep an idle upstream stream to an agent open between
 /// requests (a public connection's bound stream, see `gateway::proxy`).
-pub trait IdleHolder: Send + Sync {
+pub(crate) trait IdleHolder: Send + Sync {
     /// Closes the stream it keeps if that stream's agent is no longer available. A
     /// stream still carrying a response is closed once that response is complete.
     fn release_if_unavailable(&self);
@@ -27,19 +27,23 @@ pub trait IdleHolder: Send + Sync {
 /// One connected agent.
 #[derive(Debug)]
 pub struct Agent {
+    /// Unique ID of this connection.
     pub connection_id: String,
+    /// The tunnel it serves.
     pub tunnel: String,
+    /// Where it connected from.
     pub peer: SocketAddr,
     /// What the agent says it forwards to (display only).
     pub upstream: Option<String>,
+    /// When it connected.
     pub connected_at: SystemTime,
     /// Opens streams to the agent; says whether it is leaving.
-    pub session: SessionHandle,
+    pub(crate) session: SessionHandle,
     in_flight: AtomicUsize,
     total: AtomicU64,
     draining: AtomicBool,
     /// Fires when the gateway wants this session closed (tunnel revoked by a reload).
-    pub evicted: Notify,
+    pub(crate) evicted: Notify,
     /// Public connections that opened a stream to this agent and may keep it idle
     /// for their next request. Told to let go when the agent drains: otherwise an
     /// idle keep-alive stream would hold the agent's drain until its grace period
@@ -48,7 +52,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(
+    pub(crate) fn new(
         connection_id: String,
         tunnel: String,
         peer: SocketAddr,
@@ -70,12 +74,13 @@ impl Agent {
         }
     }
 
+    /// Requests in flight on this agent.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Counts a request until the returned guard is dropped.
-    pub fn begin_request(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn begin_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
@@ -87,7 +92,7 @@ impl Agent {
     }
 
     /// Stops routing to this agent and closes its session.
-    pub fn evict(&self) {
+    pub(crate) fn evict(&self) {
         self.set_draining();
         self.evicted.notify_one();
     }
@@ -95,7 +100,7 @@ impl Agent {
     /// Stops routing to this agent, and closes the idle streams that public
     /// connections keep to it (see [`Agent::watch_idle`]), so that its drain ends
     /// as soon as the requests in flight are done.
-    pub fn set_draining(&self) {
+    pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
         // Take the list out first: no lock is held while the holders lock theirs.
         let holders = self
@@ -110,7 +115,7 @@ impl Agent {
 
     /// Remembers `holder`, which may keep a stream to this agent idle between
     /// requests, so that [`Agent::set_draining`] can tell it to let go.
-    pub fn watch_idle(&self, holder: Weak<dyn IdleHolder>) {
+    pub(crate) fn watch_idle(&self, holder: Weak<dyn IdleHolder>) {
         if let Ok(mut list) = self.idle_holders.lock() {
             // Forget closed connections before the list grows; reserving as much
             // again as is left keeps this amortised O(1) per stream.
@@ -123,6 +128,7 @@ impl Agent {
         }
     }
 
+    /// What `/connections` shows of it.
     pub fn info(&self) -> AgentInfo {
         AgentInfo {
             connection_id: self.connection_id.clone(),
@@ -139,7 +145,7 @@ impl Agent {
 
 /// A request in flight on an agent.
 #[derive(Debug)]
-pub struct InFlight(Arc<Agent>);
+pub(crate) struct InFlight(Arc<Agent>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -150,13 +156,21 @@ impl Drop for InFlight {
 /// What `/connections` shows of an agent.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct AgentInfo {
+    /// Unique ID of the connection.
     pub connection_id: String,
+    /// The tunnel it serves.
     pub tunnel: String,
+    /// When it connected, RFC 3339.
     pub connected_at: String,
+    /// Where it connected from.
     pub peer: String,
+    /// What it says it forwards to.
     pub upstream: Option<String>,
+    /// Requests in flight on it now.
     pub requests_in_flight: usize,
+    /// Requests it has served.
     pub requests_total: u64,
+    /// Whether it is leaving (no new requests go to it).
     pub draining: bool,
 }
 
@@ -166,6 +180,7 @@ fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// The connected agents, by connection ID and by tunnel.
 #[derive(Debug, Default)]
 pub struct Registry {
     by_id: DashMap<String, Arc<Agent>>,
@@ -173,7 +188,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn insert(&self, agent: Arc<Agent>) {
+    pub(crate) fn insert(&self, agent: Arc<Agent>) {
         self.by_tunnel
             .entry(agent.tunnel.clone())
             .or_default()
@@ -181,7 +196,7 @@ impl Registry {
         self.by_id.insert(agent.connection_id.clone(), agent);
     }
 
-    pub fn remove(&self, connection_id: &str) -> Option<Arc<Agent>> {
+    pub(crate) fn remove(&self, connection_id: &str) -> Option<Arc<Agent>> {
         let (_, agent) = self.by_id.remove(connection_id)?;
         let mut now_empty = false;
         if let Some(mut list) = self.by_tunnel.get_mut(&agent.tunnel) {
@@ -194,6 +209,7 @@ impl Registry {
         Some(agent)
     }
 
+    /// The agent with this connection ID.
     pub fn get(&self, connection_id: &str) -> Option<Arc<Agent>> {
         self.by_id.get(connection_id).map(|a| a.clone())
     }
@@ -215,10 +231,12 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Number of connected agents.
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
 
+    /// Whether no agent is connected.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }

@@ -46,7 +46,10 @@ pub enum SessionEnd {
     /// The peer closed it (or went away cleanly).
     Closed,
     /// This end drained and closed it after a shutdown signal.
-    Drained { unfinished_streams: usize },
+    Drained {
+        /// Streams still open when the grace period ended.
+        unfinished_streams: usize,
+    },
     /// A transport error (reset, heartbeat timeout, protocol violation).
     Failed(String),
 }

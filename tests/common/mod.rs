@@ -21,7 +21,6 @@ use gateway::config::{Config, Overrides};
 use gateway::{Gateway, Shutdown};
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// An upstream HTTP server standing in for the private app.
@@ -355,8 +354,7 @@ impl TestAgent {
         let connection_id = connected.hello.connection_id.clone();
         let shutdown = Arc::new(Shutdown::new());
         let upstream = Upstream::parse(&cfg.upstream)?;
-        let rx: watch::Receiver<bool> = shutdown.subscribe();
-        let task = tokio::spawn(connected.serve(upstream, rx, cfg.grace));
+        let task = tokio::spawn(connected.serve(upstream, shutdown.token(), cfg.grace));
         Ok(TestAgent {
             connection_id,
             shutdown,

@@ -8,11 +8,10 @@ use http::{HeaderMap, Response, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::super::registry::InFlight;
-use crate::shutdown::signalled;
+use crate::shutdown::Shutdown;
 
 /// Whether the request asks for an upgrade: an `Upgrade` header and `upgrade`
 /// among the `Connection` tokens.
@@ -33,20 +32,16 @@ pub(crate) fn switch(
     mut resp: Response<Incoming>,
     client: OnUpgrade,
     in_flight: InFlight,
-    shutdown: watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> Response<Body> {
     let upstream = hyper::upgrade::on(&mut resp);
-    tokio::spawn(join(client, upstream, in_flight, shutdown).instrument(tracing::Span::current()));
+    let joined = join(client, upstream, in_flight, shutdown.clone());
+    shutdown.spawn(joined.instrument(tracing::Span::current()));
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, Body::empty())
 }
 
-async fn join(
-    client: OnUpgrade,
-    upstream: OnUpgrade,
-    _in_flight: InFlight,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn join(client: OnUpgrade, upstream: OnUpgrade, _in_flight: InFlight, shutdown: Shutdown) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -61,6 +56,6 @@ async fn join(
             Ok((up, down)) => tracing::debug!(bytes_up = up, bytes_down = down, "upgraded connection closed"),
             Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
         },
-        _ = signalled(&mut shutdown) => tracing::debug!("upgraded connection closed by shutdown"),
+        _ = shutdown.stopped() => tracing::debug!("upgraded connection closed by shutdown"),
     }
 }

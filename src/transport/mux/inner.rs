@@ -70,7 +70,7 @@ pub(super) struct Partial {
 
 /// The driver's parsing state between reads.
 #[derive(Debug, Default)]
-pub struct Parser {
+pub(crate) struct Parser {
     partial: Option<Partial>,
 }
 

@@ -46,7 +46,7 @@ use self::frame::TYPE_GO_AWAY;
 pub use self::frame::{GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, MuxError};
 #[cfg(fuzzing)]
 pub(crate) use self::frame::{HEADER_LEN, Header, put_header};
-pub use self::inner::Parser;
+pub(crate) use self::inner::Parser;
 use self::inner::{Inner, StreamMap};
 pub use self::stream::{StreamCount, StreamIo};
 use super::TunnelError;
@@ -68,8 +68,9 @@ pub(crate) const COPY_BELOW: usize = MAX_DATA_FRAME;
 /// agent's CPU on 1 MiB responses).
 pub(crate) const OUTPUT_HIGH: usize = 4 * protocol::WRITE_BATCH;
 
+/// Which end of the session this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Opens streams, with odd IDs (the gateway).
     Client,
     /// Accepts streams (the agent).
@@ -77,7 +78,7 @@ pub enum Mode {
 }
 
 /// The state of one session, shared by its task and its streams.
-pub struct Shared {
+pub(crate) struct Shared {
     inner: Mutex<Inner>,
     ended: AtomicBool,
     /// No new streams: our drain, or the peer's go-away.
@@ -86,7 +87,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(mode: Mode) -> Arc<Self> {
+    pub(crate) fn new(mode: Mode) -> Arc<Self> {
         Arc::new(Shared {
             inner: Mutex::new(Inner {
                 mode,
@@ -115,16 +116,16 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn count(&self) -> &Arc<StreamCount> {
+    pub(crate) fn count(&self) -> &Arc<StreamCount> {
         &self.count
     }
 
-    pub fn is_ended(&self) -> bool {
+    pub(crate) fn is_ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
     }
 
     /// Opens a stream (client). Its SYN goes out with its first frame.
-    pub fn open(self: &Arc<Self>) -> Result<StreamIo, TunnelError> {
+    pub(crate) fn open(self: &Arc<Self>) -> Result<StreamIo, TunnelError> {
         let mut inner = self.lock();
         let opened = inner.open();
         if inner.refuse_new {
@@ -135,29 +136,29 @@ impl Shared {
     }
 
     /// Opens nothing new and accepts nothing new.
-    pub fn refuse_new(&self) {
+    pub(crate) fn refuse_new(&self) {
         self.refusing.store(true, Ordering::Release);
         self.lock().refuse_new = true;
     }
 
     /// Whether new streams are refused (a drain, the peer's go-away, the end).
-    pub fn is_refusing(&self) -> bool {
+    pub(crate) fn is_refusing(&self) -> bool {
         self.refusing.load(Ordering::Acquire) || self.is_ended()
     }
 
     /// Ends the session: every stream's I/O fails from now on.
-    pub fn end(&self, why: &str) {
+    pub(crate) fn end(&self, why: &str) {
         self.ended.store(true, Ordering::Release);
         self.lock().end(why);
     }
 
     /// Queues a go-away frame.
-    pub fn go_away(&self, code: u32) {
+    pub(crate) fn go_away(&self, code: u32) {
         self.lock().queue(TYPE_GO_AWAY, 0, 0, code);
     }
 
     /// Registers the session task's waker and takes the output waiting for it.
-    pub fn take_output(&self, waker: &Waker) -> BytesMut {
+    pub(crate) fn take_output(&self, waker: &Waker) -> BytesMut {
         let mut inner = self.lock();
         match &inner.driver {
             Some(w) if w.will_wake(waker) => {}
@@ -189,7 +190,7 @@ impl Shared {
     }
 
     /// Parses received bytes; returns the streams the peer opened.
-    pub fn on_input(
+    pub(crate) fn on_input(
         self: &Arc<Self>,
         buf: &mut BytesMut,
         parser: &mut Parser,

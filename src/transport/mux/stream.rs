@@ -24,6 +24,7 @@ pub struct StreamCount {
 }
 
 impl StreamCount {
+    /// Streams open now.
     pub fn get(&self) -> usize {
         self.n.load(Ordering::Acquire)
     }

@@ -262,7 +262,10 @@ where
                 let n = rb.filled().len();
                 // SAFETY: `rb` views the unfilled part of `out`, and the read just
                 // initialised its first `n` bytes.
-                unsafe { out.assume_init(n) };
+                #[allow(unsafe_code)]
+                unsafe {
+                    out.assume_init(n)
+                };
                 out.advance(n);
                 if n == 0 {
                     return Poll::Ready(Err(io::Error::new(

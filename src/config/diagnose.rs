@@ -1,0 +1,292 @@
+//! Turning a broken file into one line per problem, each naming the key, the
+//! value and what is expected:
+//!
+//! - the known keys of a section are read from its type ([`fields_of`]), so that
+//!   a key is declared once, as a field;
+//! - an unknown key gets the nearest known one as a suggestion;
+//! - a section that does not deserialize is tried key by key to find which ones
+//!   are at fault; the words of the complaint come from the key's own type (the
+//!   `expect_*` deserializers below) or from the `config` crate's error variant,
+//!   never from picking its message apart.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+use super::tunnel::TunnelConfig;
+
+/// The field names of a struct that derives `Deserialize` (after renames), as
+/// serde hands them to a deserializer; empty for anything else.
+pub(crate) fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    let mut names: &'static [&'static str] = &[];
+    let _ = T::deserialize(Names(&mut names));
+    names
+}
+
+/// The variant names of an enum that derives `Deserialize` (after renames).
+fn variants_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    fields_of::<T>()
+}
+
+/// A deserializer that records the names of the fields (of a struct) or the
+/// variants (of an enum) it is asked for, then fails.
+struct Names<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> Deserializer<'de> for Names<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(de::Error::custom("only the field names were wanted"))
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        variants: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = variants;
+        Err(de::Error::custom("only the variant names were wanted"))
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("not a struct"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+        identifier ignored_any
+    }
+}
+
+/// `deserialize_with` for addresses: says what an address looks like.
+pub(crate) fn expect_ip<'de, D: Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+    IpAddr::deserialize(d).map_err(|_| {
+        de::Error::custom("expected an IP address such as \"127.0.0.1\" or \"0.0.0.0\"")
+    })
+}
+
+/// `deserialize_with` for ports: says what a port is.
+pub(crate) fn expect_port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    u16::deserialize(d).map_err(|_| de::Error::custom("expected a port number from 0 to 65535"))
+}
+
+/// `deserialize_with` for durations: says how one is written.
+pub(crate) fn expect_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    humantime_serde::deserialize(d).map_err(|_: D::Error| {
+        de::Error::custom("expected a duration such as \"5s\", \"500ms\" or \"1m 30s\"")
+    })
+}
+
+/// `deserialize_with` for enums: lists the values there are.
+pub(crate) fn expect_one_of<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map_err(|_| {
+        de::Error::custom(format_args!(
+            "expected one of {}",
+            variants_of::<T>().join(", ")
+        ))
+    })
+}
+
+/// The complaint of a `config` error, from its variant.
+pub(crate) fn describe(e: &config::ConfigError) -> String {
+    match e {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            ..
+        } => format!("expected {expected}, found {unexpected}"),
+        config::ConfigError::At { error, .. } => describe(error),
+        config::ConfigError::FileParse { cause, .. } => cause.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Deserializes section `name` of `map` (its defaults when absent), reporting
+/// unknown and bad keys into `problems`.
+pub(crate) fn section<T>(
+    map: &BTreeMap<String, config::Value>,
+    name: &str,
+    problems: &mut Vec<String>,
+) -> T
+where
+    T: Default + for<'de> Deserialize<'de>,
+{
+    let Some(value) = map.get(name) else {
+        return T::default();
+    };
+    let Ok(table) = value.clone().into_table() else {
+        problems.push(format!("{name} must be a table ([{name}])"));
+        return T::default();
+    };
+    match table_of::<T>(name, value, &table) {
+        Ok(v) => v,
+        Err(found) => {
+            problems.extend(found);
+            T::default()
+        }
+    }
+}
+
+/// Deserializes the `[[tunnels]]` entries; an entry with a problem is left out
+/// and its problems reported. Returns the entries and how many were refused.
+pub(crate) fn tunnels(
+    value: &config::Value,
+    problems: &mut Vec<String>,
+) -> (Vec<TunnelConfig>, usize) {
+    let Ok(list) = value.clone().into_array() else {
+        problems.push("tunnels must be a list of tables ([[tunnels]])".to_owned());
+        return (Vec::new(), 0);
+    };
+    let mut out = Vec::new();
+    let mut refused = 0;
+    for (i, item) in list.iter().enumerate() {
+        let name = format!("tunnels[{i}]");
+        let found = match item.clone().into_table() {
+            Ok(table) => table_of::<TunnelConfig>(&name, item, &table),
+            Err(_) => Err(vec![format!("{name} must be a table with an id")]),
+        };
+        match found {
+            Ok(t) => out.push(t),
+            Err(found) => {
+                refused += 1;
+                problems.extend(found);
+            }
+        }
+    }
+    (out, refused)
+}
+
+/// One table: its unknown keys, else its bad values, else the value.
+fn table_of<T: for<'de> Deserialize<'de>>(
+    name: &str,
+    value: &config::Value,
+    table: &config::Map<String, config::Value>,
+) -> Result<T, Vec<String>> {
+    let known = fields_of::<T>();
+    let unknown: Vec<String> = table
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .map(|k| unknown_key(name, k, known))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(unknown);
+    }
+    value
+        .clone()
+        .try_deserialize::<T>()
+        .map_err(|e| bad_keys::<T>(name, table, &e))
+}
+
+/// Finds which keys of a table that failed to deserialize are at fault, by trying
+/// each key alone (every field has a default), and words one problem per bad key:
+/// "<section>.<key> = <value> is invalid: <expected>".
+fn bad_keys<T: for<'de> Deserialize<'de>>(
+    section: &str,
+    table: &config::Map<String, config::Value>,
+    whole: &config::ConfigError,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    for (key, value) in table {
+        let alone = config::Map::from([(key.clone(), value.clone())]);
+        if let Err(e) = config::Value::from(alone).try_deserialize::<T>() {
+            found.push(format!(
+                "{section}.{key} = {} is invalid: {}",
+                show_value(value),
+                describe(&e)
+            ));
+        }
+    }
+    if found.is_empty() {
+        found.push(format!("{section}: {}", describe(whole)));
+    }
+    found
+}
+
+fn show_value(v: &config::Value) -> String {
+    match &v.kind {
+        config::ValueKind::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
+}
+
+/// "unknown key ..." with the nearest known key, or the list of them.
+pub(crate) fn unknown_key(section: &str, key: &str, known: &[&str]) -> String {
+    let full = if section.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{section}.{key}")
+    };
+    match nearest(key, known) {
+        Some(near) => format!("unknown key {full:?}: did you mean {near:?}?"),
+        None => format!("unknown key {full:?}: expected one of {}", known.join(", ")),
+    }
+}
+
+/// The known key closest to `key`, if it is close enough to be a likely typo.
+fn nearest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, ServerConfig, Timeouts};
+    use super::*;
+
+    #[test]
+    fn field_names_come_from_the_types() {
+        assert_eq!(
+            fields_of::<Config>(),
+            &["server", "timeouts", "log", "tunnels"]
+        );
+        assert!(fields_of::<ServerConfig>().contains(&"admin_token"));
+        assert_eq!(fields_of::<u16>(), &[] as &[&str]);
+        assert_eq!(
+            variants_of::<super::super::Rotation>(),
+            &["minutely", "hourly", "daily", "never"]
+        );
+    }
+
+    #[test]
+    fn nearest_key_suggests_typos_only() {
+        let server = fields_of::<ServerConfig>();
+        assert_eq!(nearest("prot", server), Some("port"));
+        assert_eq!(
+            nearest("shutdown_grace_", fields_of::<Timeouts>()),
+            Some("shutdown_grace")
+        );
+        assert_eq!(nearest("zzzzzzzz", server), None);
+    }
+}

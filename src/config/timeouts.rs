@@ -1,0 +1,57 @@
+//! `[timeouts]`, all written as humantime strings ("5s", "1m 30s").
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::diagnose::expect_duration;
+
+/// `POST /forward`: how long to wait for the upstream's response head.
+pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every other proxied request: how long to wait for the upstream's response head.
+pub const DEFAULT_DIRECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long requests in flight may run on after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How often the gateway pings an agent; three missed intervals end the session.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// `[timeouts]`: how long the gateway waits, for what.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// `POST /forward`: wait for the upstream's response head.
+    #[serde(
+        deserialize_with = "expect_duration",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub forward: Duration,
+    /// Every other proxied request: wait for the upstream's response head.
+    #[serde(
+        deserialize_with = "expect_duration",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub direct: Duration,
+    /// After SIGTERM, how long requests in flight may take to finish.
+    #[serde(
+        deserialize_with = "expect_duration",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub shutdown_grace: Duration,
+    /// Interval of WebSocket pings to agents; silence for three intervals ends a session.
+    #[serde(
+        deserialize_with = "expect_duration",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub heartbeat: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            forward: DEFAULT_FORWARD_TIMEOUT,
+            direct: DEFAULT_DIRECT_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            heartbeat: DEFAULT_HEARTBEAT,
+        }
+    }
+}

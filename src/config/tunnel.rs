@@ -1,0 +1,78 @@
+//! `[[tunnels]]`: the tunnels agents may serve, with their credentials and, as
+//! the access policy grows, who may reach them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Secret, digest_matches, secret_matches};
+
+/// `[[tunnels]]`: one tunnel that agents may serve.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelConfig {
+    /// Tunnel ID: `^[a-z0-9][a-z0-9-]{0,62}$` (it may be used as a DNS label).
+    /// Required: an entry without one is refused by validation.
+    #[serde(default)]
+    pub id: String,
+    /// Shared secret the agent presents as `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// Hex SHA-256 of the token, so the file need not hold the secret itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+    /// Send the agent's upstream address as Host instead of the public one.
+    #[serde(default)]
+    pub rewrite_host: bool,
+}
+
+impl TunnelConfig {
+    /// A tunnel with no token: any agent that names it is accepted.
+    pub fn open(id: &str) -> Self {
+        TunnelConfig {
+            id: id.to_owned(),
+            token: None,
+            token_sha256: None,
+            rewrite_host: false,
+        }
+    }
+
+    /// Whether agents must present a token.
+    pub fn requires_token(&self) -> bool {
+        self.token.is_some() || self.token_sha256.is_some()
+    }
+
+    /// Checks a presented token, in time independent of where it differs.
+    pub fn token_matches(&self, presented: Option<&str>) -> bool {
+        match (&self.token, &self.token_sha256) {
+            (None, None) => true,
+            (Some(expected), _) => secret_matches(expected, presented),
+            (None, Some(hex_digest)) => digest_matches(hex_digest, presented),
+        }
+    }
+
+    /// Whether an agent with `other`'s credentials may no longer serve this
+    /// tunnel (a reload changed the token).
+    pub fn credentials_differ(&self, other: &TunnelConfig) -> bool {
+        self.token != other.token || self.token_sha256 != other.token_sha256
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::Digest;
+
+    use super::*;
+
+    #[test]
+    fn tokens_compare_plain_and_hashed() {
+        let mut t = TunnelConfig::open("x");
+        assert!(t.token_matches(None));
+        t.token = Some(Secret::new("s3cret"));
+        assert!(t.token_matches(Some("s3cret")));
+        assert!(!t.token_matches(Some("s3cre")));
+        assert!(!t.token_matches(None));
+        t.token = None;
+        t.token_sha256 = Some(hex::encode(sha2::Sha256::digest(b"s3cret")));
+        assert!(t.token_matches(Some("s3cret")));
+        assert!(!t.token_matches(Some("other")));
+    }
+}

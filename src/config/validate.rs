@@ -1,0 +1,149 @@
+//! The checks that types cannot express: tunnel ID syntax, duplicates, secrets
+//! that are empty, references between keys. Every problem is reported, not just
+//! the first.
+
+use std::collections::HashSet;
+
+use super::Config;
+
+/// How the problem "no tunnels" starts, so that the loader can leave it out when
+/// tunnel entries were refused (those are not "no tunnels").
+pub(super) const NO_TUNNELS: &str = "no tunnels are configured";
+
+impl Config {
+    /// Checks what the types cannot: returns every problem found.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (key, d) in [
+            ("timeouts.forward", self.timeouts.forward),
+            ("timeouts.direct", self.timeouts.direct),
+            ("timeouts.heartbeat", self.timeouts.heartbeat),
+        ] {
+            if d.is_zero() {
+                problems.push(format!(
+                    "{key} = \"0s\" is invalid: expected a positive duration such as \"5s\""
+                ));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            problems.push(format!(
+                "log.level = {:?} is invalid ({e}): expected error, warn, info, debug, trace or a filter like \"gateway=debug,info\"",
+                self.log.level
+            ));
+        }
+        if self.log.file.is_empty() || self.log.file.contains('/') {
+            problems.push(format!(
+                "log.file = {:?} is invalid: expected a file name without '/', such as \"gateway.log\"",
+                self.log.file
+            ));
+        }
+        if let Some(domain) = &self.server.public_domain
+            && !is_domain(domain)
+        {
+            problems.push(format!(
+                "server.public_domain = {domain:?} is invalid: expected a domain name such as \"tunnels.example.com\""
+            ));
+        }
+        if let Some(t) = &self.server.admin_token
+            && t.expose().is_empty()
+        {
+            problems.push(
+                "server.admin_token is empty: remove the key to leave /connections open, or set a secret"
+                    .to_owned(),
+            );
+        }
+        if self.tunnels.is_empty() {
+            problems.push(format!(
+                "{NO_TUNNELS}: add at least one [[tunnels]] entry with an id"
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, t) in self.tunnels.iter().enumerate() {
+            if t.id.is_empty() {
+                problems.push(format!(
+                    "tunnels[{i}].id is missing: each tunnel needs an id, such as \"laravel\""
+                ));
+            } else if !is_tunnel_id(&t.id) {
+                problems.push(format!(
+                    "tunnels[{i}].id = {:?} is invalid: expected lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters",
+                    t.id
+                ));
+            }
+            if !seen.insert(t.id.as_str()) {
+                problems.push(format!(
+                    "tunnels[{i}].id = {:?} is a duplicate: each tunnel id may appear once",
+                    t.id
+                ));
+            }
+            if t.token.is_some() && t.token_sha256.is_some() {
+                problems.push(format!(
+                    "tunnels[{i}] (id {:?}) sets both token and token_sha256: keep one",
+                    t.id
+                ));
+            }
+            if let Some(token) = &t.token
+                && token.expose().is_empty()
+            {
+                problems.push(format!(
+                    "tunnels[{i}].token is empty: remove the key for an open tunnel, or set a secret"
+                ));
+            }
+            if let Some(digest) = &t.token_sha256
+                && (digest.len() != 64 || hex::decode(digest).is_err())
+            {
+                problems.push(format!(
+                    "tunnels[{i}].token_sha256 = {digest:?} is invalid: expected 64 hex digits (sha256sum of the token)"
+                ));
+            }
+        }
+        if let Some(default) = &self.server.default_tunnel
+            && !self.tunnels.iter().any(|t| &t.id == default)
+        {
+            problems.push(format!(
+                "server.default_tunnel = {default:?} names no configured tunnel: expected one of {}",
+                self.tunnel_ids().join(", ")
+            ));
+        }
+        problems
+    }
+}
+
+/// `^[a-z0-9][a-z0-9-]{0,62}$`
+pub fn is_tunnel_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+pub(crate) fn is_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_ids() {
+        assert!(is_tunnel_id("laravel"));
+        assert!(is_tunnel_id("a-1"));
+        assert!(!is_tunnel_id("-a"));
+        assert!(!is_tunnel_id("Laravel"));
+        assert!(!is_tunnel_id(""));
+        assert!(!is_tunnel_id(&"a".repeat(64)));
+    }
+}

@@ -1,0 +1,119 @@
+//! The daemon's life, as `gateway` runs it: signal handlers, telemetry, bind,
+//! `READY=1`, serve; SIGHUP reloads; SIGTERM or SIGINT stops accepting and drains
+//! within the grace period; a second signal exits at once.
+
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::Gateway;
+use super::listener::{self, BindError};
+use crate::config::{Config, Source};
+use crate::shutdown::Shutdown;
+use crate::telemetry::{self, Telemetry, TelemetryError};
+use crate::{EXIT_CONFIG, systemd};
+
+/// Extra time, beyond the grace period, for connections to close once their
+/// requests are done.
+const DRAIN_SLACK: Duration = Duration::from_secs(5);
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The log file cannot be opened.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    /// The listener cannot be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+impl DaemonError {
+    /// The process exit code: 78 for what the configuration must fix, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            DaemonError::Telemetry(_) => EXIT_CONFIG,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs the gateway with `config` until a signal stops it; `source` is read again
+/// on SIGHUP.
+pub async fn run(config: Config, source: Source) -> Result<(), DaemonError> {
+    // Handlers first: a SIGTERM that arrives right after READY=1 must drain, not kill.
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let telemetry = telemetry::init(&config.log)?;
+    match &source.file {
+        Some(path) => tracing::info!(config = %path.display(), "configuration loaded"),
+        None => tracing::info!(
+            "no config file given (--config or GATEWAY_CONFIG): running on built-in defaults with one open tunnel \"demo\""
+        ),
+    }
+
+    let listener = listener::bind(config.server.addr()).await?;
+    let bound = listener.local_addr().unwrap_or(config.server.addr());
+    let grace = config.timeouts.shutdown_grace;
+    let tunnels = config.tunnel_ids().join(", ");
+    let shutdown = Shutdown::new();
+    let gateway = Gateway::new(config, &shutdown);
+    tracing::info!(%bound, %tunnels, version = env!("CARGO_PKG_VERSION"), "listening on {bound}");
+    systemd::ready(&format!("listening on {bound}"));
+    tokio::spawn(systemd::watchdog(shutdown.token()));
+
+    let serve = gateway.serve(listener, &shutdown);
+    tokio::pin!(serve);
+    let mut serve_done = false;
+    loop {
+        tokio::select! {
+            _ = &mut serve, if !serve_done => { serve_done = true; break; }
+            _ = term.recv() => { tracing::info!("SIGTERM received: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT received: shutting down"); break; }
+            _ = hup.recv() => reload(&source, &gateway, &telemetry),
+        }
+    }
+    systemd::stopping();
+    shutdown.trigger();
+    if !serve_done {
+        serve.await;
+    }
+    tracing::info!(grace = %humantime::format_duration(grace), "draining: letting requests in flight finish");
+    tokio::select! {
+        left = shutdown.drain(grace + DRAIN_SLACK) => {
+            if left == 0 {
+                tracing::info!("shutdown complete");
+            } else {
+                tracing::warn!(tasks = left, "grace period over: tasks still running were cut off");
+            }
+        }
+        _ = term.recv() => tracing::warn!("second signal: exiting at once"),
+        _ = int.recv() => tracing::warn!("second signal: exiting at once"),
+    }
+    drop(telemetry);
+    Ok(())
+}
+
+/// SIGHUP: loads the configuration again and applies what can change live; a bad
+/// file keeps the running configuration.
+fn reload(source: &Source, gateway: &Gateway, telemetry: &Telemetry) {
+    match source.load() {
+        Ok(config) => {
+            telemetry.set_level(&config.log.level);
+            let report = gateway.reload(config);
+            for what in &report.needs_restart {
+                tracing::warn!(setting = %what, "changed in the config file; restart the gateway to apply it");
+            }
+            tracing::info!(
+                agents_disconnected = report.disconnected,
+                "configuration reloaded"
+            );
+            systemd::status("configuration reloaded");
+        }
+        Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
+    }
+}
