@@ -26,6 +26,8 @@
 pub mod agent;
 pub mod auth;
 pub mod config;
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 pub mod gateway;
 pub mod protocol;
 pub mod rt;

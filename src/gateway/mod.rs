@@ -19,11 +19,11 @@ mod error;
 pub mod listener;
 mod observe;
 mod policy;
-mod proxy;
+pub(crate) mod proxy;
 pub mod registry;
 mod reload;
 mod request_id;
-mod routing;
+pub(crate) mod routing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

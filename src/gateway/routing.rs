@@ -4,7 +4,7 @@
 //! when a public domain is configured), for `POST /forward` the `tunnel` query
 //! parameter, the `X-Tunnel-Id` header, and the default tunnel.
 
-use http::{Request, Uri, header};
+use http::{Method, Request, Uri, header};
 
 use super::error::ErrorKind;
 use crate::config::{Config, TunnelConfig};
@@ -90,7 +90,7 @@ pub(crate) fn choose_tunnel<'c, B>(
 }
 
 /// The origin-form URI to request upstream: the request's own path and query, or
-/// for `/forward` the path it names.
+/// for `/forward` the path it names. `*` is a target for `OPTIONS` only.
 pub(crate) fn upstream_uri<B>(req: &Request<B>, kind: Kind) -> Result<Uri, ErrorKind> {
     let target = match kind {
         Kind::Direct => req
@@ -100,11 +100,13 @@ pub(crate) fn upstream_uri<B>(req: &Request<B>, kind: Kind) -> Result<Uri, Error
             .unwrap_or_else(|| "/".to_owned()),
         Kind::Forward => forward_target(req),
     };
-    Uri::try_from(target.as_str()).map_err(|_| {
-        ErrorKind::BadRequest(format!(
+    let asterisk = target == "*" && req.method() == Method::OPTIONS;
+    match Uri::try_from(target.as_str()) {
+        Ok(uri) if uri.path().starts_with('/') || asterisk => Ok(uri),
+        _ => Err(ErrorKind::BadRequest(format!(
             "Invalid target path {target:?}: use an absolute path such as /api/items?id=1"
-        ))
-    })
+        ))),
+    }
 }
 
 /// The percent-decoded value of query parameter `name`.

@@ -15,9 +15,9 @@
 //! flow.
 
 mod body;
-mod headers;
+pub(crate) mod headers;
 mod pool;
-mod upgrade;
+pub(crate) mod upgrade;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -44,8 +44,6 @@ use bytes::BytesMut;
 
 use self::frame::TYPE_GO_AWAY;
 pub use self::frame::{GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, MuxError};
-#[cfg(fuzzing)]
-pub(crate) use self::frame::{HEADER_LEN, Header, put_header};
 pub(crate) use self::inner::Parser;
 use self::inner::{Inner, StreamMap};
 pub use self::stream::{StreamCount, StreamIo};

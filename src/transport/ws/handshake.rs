@@ -11,7 +11,7 @@
 //! is the gateway's business; here are the refusals of the WebSocket itself.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Empty;
 
 use crate::auth::{Secret, bearer_token};
@@ -82,6 +82,11 @@ fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&s
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+fn header_lossy(headers: &HeaderMap, name: HeaderName) -> Option<String> {
+    let value = headers.get(name)?;
+    Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+}
+
 /// Whether the comma-separated `value` lists `token` (case-insensitively).
 fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -97,8 +102,15 @@ pub fn client_request(
     upstream: &str,
     key: &str,
 ) -> Result<Request<Empty<Bytes>>, HandshakeError> {
-    let value =
-        |v: &str| HeaderValue::from_str(v).map_err(|_| HandshakeError::BadHeader(v.to_owned()));
+    // Visible ASCII only: the gateway reads these headers as text, and would
+    // take anything else for a missing header.
+    let value = |v: &str| {
+        let ascii = v.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+        ascii
+            .then(|| HeaderValue::from_str(v).ok())
+            .flatten()
+            .ok_or_else(|| HandshakeError::BadHeader(v.to_owned()))
+    };
     let mut request = Request::get(path_and_query)
         .header(header::HOST, value(authority)?)
         .header(header::CONNECTION, "Upgrade")
@@ -115,8 +127,8 @@ pub fn client_request(
         .body(Empty::new())
         .map_err(|_| HandshakeError::BadHeader(path_and_query.to_owned()))?;
     if let Some(token) = token {
-        // Built here rather than with `value`, so that a bad token is not echoed.
-        let bearer = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        // Checked here rather than with `value`, so that a bad token is not echoed.
+        let bearer = value(&format!("Bearer {}", token.expose()))
             .map_err(|_| HandshakeError::BadHeader("the token".to_owned()))?;
         request.headers_mut().insert(header::AUTHORIZATION, bearer);
     }
@@ -144,9 +156,11 @@ pub fn check_request(headers: &HeaderMap) -> Result<Offer, HandshakeError> {
     Ok(Offer {
         key: key.to_owned(),
         echo_protocol: offered.is_some(),
-        tunnel: header_str(headers, TUNNEL_HEADER).map(|s| s.trim().to_owned()),
+        // Read even when not ASCII: a tunnel that is named, however badly, is an
+        // unknown tunnel, not a missing header.
+        tunnel: header_lossy(headers, TUNNEL_HEADER).map(|s| s.trim().to_owned()),
         token: bearer_token(headers).map(Secret::new),
-        upstream: header_str(headers, UPSTREAM_HEADER)
+        upstream: header_lossy(headers, UPSTREAM_HEADER)
             .map(|s| s.chars().take(MAX_UPSTREAM_NAME).collect()),
     })
 }
@@ -271,8 +285,10 @@ mod tests {
             check_response(&headers, &key),
             Err(HandshakeError::OtherProtocol("other.v9".into()))
         );
-        let err = client_request("gw", "/ws", "bad\ntunnel", None, "x", &key).unwrap_err();
-        assert_eq!(err, HandshakeError::BadHeader("bad\ntunnel".into()));
+        for bad in ["bad\ntunnel", "dëmo"] {
+            let err = client_request("gw", "/ws", bad, None, "x", &key).unwrap_err();
+            assert_eq!(err, HandshakeError::BadHeader(bad.into()));
+        }
         let token = Secret::new("line\nbreak");
         let err = client_request("gw", "/ws", "t", Some(&token), "x", &key).unwrap_err();
         assert!(!err.to_string().contains("line"), "{err}");

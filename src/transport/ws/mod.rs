@@ -45,8 +45,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead as TokioRead, AsyncWrite as TokioWrite, ReadBuf};
 
-#[cfg(fuzzing)]
-pub(crate) use self::frame::{FrameHeader, decode_header, encode_header};
 use self::frame::{MAX_HEADER, OP_TEXT};
 pub use self::frame::{WsError, close_code};
 use self::heartbeat::Heartbeat;
