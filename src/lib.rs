@@ -15,8 +15,8 @@
 //! - [`agent`]: the other end, `gateway-agent`.
 //! - [`protocol`]: every wire name, limit and message both ends share.
 //! - [`auth`]: secrets and their constant-time checks.
-//! - [`telemetry`], [`systemd`], [`shutdown`], [`rt`]: logs, readiness, stop and
-//!   done, the runtime.
+//! - [`cli`]: both programs' flags; [`telemetry`], [`systemd`], [`shutdown`],
+//!   [`rt`]: logs, readiness, stop and done, the runtime.
 //!
 //! The binaries in `src/bin/` only parse flags, load the config, call into here and
 //! turn errors into one line and an exit code.
@@ -25,6 +25,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod cli;
 pub mod config;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;

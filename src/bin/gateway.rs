@@ -2,59 +2,19 @@
 //! daemon (telemetry, bind, serve, reload, drain) and an exit code.
 
 use std::io::Write;
-use std::net::IpAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
-use gateway::config::{Overrides, Source};
+use gateway::cli::{GatewayCli, parse_or_exit};
 use gateway::gateway::daemon;
-use gateway::{EXIT_CONFIG, EXIT_USAGE};
-
-/// A self-hosted HTTP tunnel: agents dial in over WebSocket, public HTTP requests
-/// are forwarded to them.
-#[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
-struct Cli {
-    /// Path of the TOML config file (without it: built-in defaults, one open tunnel "demo").
-    #[arg(long, short, env = "GATEWAY_CONFIG", value_name = "PATH")]
-    config: Option<PathBuf>,
-    /// Port to listen on; overrides any value in the config file (0: any free port).
-    #[arg(long, short)]
-    port: Option<u16>,
-    /// Address to listen on; overrides any value in the config file.
-    #[arg(long, value_name = "ADDR")]
-    host: Option<IpAddr>,
-    /// Log level or filter (error, warn, info, debug, trace); overrides the config file.
-    #[arg(long, value_name = "LEVEL")]
-    log_level: Option<String>,
-    /// Validate the configuration, print it (secrets masked) and exit.
-    #[arg(long)]
-    check: bool,
-}
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code as u8);
-        }
-    };
-    let source = Source {
-        file: cli.config,
-        overrides: Overrides {
-            host: cli.host,
-            port: cli.port,
-            log_level: cli.log_level,
-        },
-    };
+    let cli: GatewayCli = parse_or_exit();
+    let source = cli.source();
     let config = match source.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
+            return ExitCode::from(gateway::EXIT_CONFIG as u8);
         }
     };
     if cli.check {

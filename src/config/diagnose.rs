@@ -80,11 +80,18 @@ pub(crate) fn expect_port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Err
     u16::deserialize(d).map_err(|_| de::Error::custom("expected a port number from 0 to 65535"))
 }
 
-/// `deserialize_with` for durations: says how one is written.
-pub(crate) fn expect_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    humantime_serde::deserialize(d).map_err(|_: D::Error| {
-        de::Error::custom("expected a duration such as \"5s\", \"500ms\" or \"1m 30s\"")
-    })
+/// `with` for durations: written as humantime strings ("5s", "1m 30s"); a value
+/// that is not one says how one is written.
+pub(crate) mod duration {
+    use super::*;
+
+    pub(crate) use humantime_serde::serialize;
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        humantime_serde::deserialize(d).map_err(|_: D::Error| {
+            de::Error::custom("expected a duration such as \"5s\", \"500ms\" or \"1m 30s\"")
+        })
+    }
 }
 
 /// `deserialize_with` for enums: lists the values there are.

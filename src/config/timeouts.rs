@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::diagnose::expect_duration;
+use super::diagnose::duration;
 
 /// `POST /forward`: how long to wait for the upstream's response head.
 pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -20,28 +20,16 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// `POST /forward`: wait for the upstream's response head.
-    #[serde(
-        deserialize_with = "expect_duration",
-        serialize_with = "humantime_serde::serialize"
-    )]
+    #[serde(with = "duration")]
     pub forward: Duration,
     /// Every other proxied request: wait for the upstream's response head.
-    #[serde(
-        deserialize_with = "expect_duration",
-        serialize_with = "humantime_serde::serialize"
-    )]
+    #[serde(with = "duration")]
     pub direct: Duration,
     /// After SIGTERM, how long requests in flight may take to finish.
-    #[serde(
-        deserialize_with = "expect_duration",
-        serialize_with = "humantime_serde::serialize"
-    )]
+    #[serde(with = "duration")]
     pub shutdown_grace: Duration,
     /// Interval of WebSocket pings to agents; silence for three intervals ends a session.
-    #[serde(
-        deserialize_with = "expect_duration",
-        serialize_with = "humantime_serde::serialize"
-    )]
+    #[serde(with = "duration")]
     pub heartbeat: Duration,
 }
 
