@@ -126,10 +126,7 @@ async fn proxy(
     let agent = bound.agent.clone();
     let resp = match client_upgrade {
         Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            let mut out = upgrade::switch(resp, client, in_flight, &state.shutdown);
-            out.headers_mut()
-                .insert(crate::protocol::REQUEST_ID_HEADER, id.clone());
-            out
+            upgrade::switch(resp, client, in_flight, &state.shutdown, id)
         }
         _ => {
             if !upgrade {

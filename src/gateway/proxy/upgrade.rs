@@ -4,13 +4,14 @@
 //! down.
 
 use axum::body::Body;
-use http::{HeaderMap, Response, header};
+use http::{HeaderMap, HeaderValue, Response, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use super::super::registry::InFlight;
+use crate::protocol::REQUEST_ID_HEADER;
 use crate::shutdown::Shutdown;
 
 /// Whether the request asks for an upgrade: an `Upgrade` header and `upgrade`
@@ -25,19 +26,21 @@ pub(crate) fn requested(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Passes the upstream's `101` on to the client, and joins the two upgraded
-/// connections in a task of their own (counted in flight on the agent while it
-/// runs).
+/// Passes the upstream's `101` on to the client (with the request ID), and joins
+/// the two upgraded connections in a task of their own (counted in flight on the
+/// agent while it runs).
 pub(crate) fn switch(
     mut resp: Response<Incoming>,
     client: OnUpgrade,
     in_flight: InFlight,
     shutdown: &Shutdown,
+    id: &HeaderValue,
 ) -> Response<Body> {
     let upstream = hyper::upgrade::on(&mut resp);
     let joined = join(client, upstream, in_flight, shutdown.clone());
     shutdown.spawn(joined.instrument(tracing::Span::current()));
-    let (parts, _) = resp.into_parts();
+    let (mut parts, _) = resp.into_parts();
+    parts.headers.insert(REQUEST_ID_HEADER, id.clone());
     Response::from_parts(parts, Body::empty())
 }
 
