@@ -28,20 +28,18 @@ async fn sigterm_drains_open_requests_then_exits_zero() {
 
     let url = gw.url("/slow?ms=1500");
     let slow = tokio::spawn(async move { client().get(url).send().await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.gateway.state().registry.agents_of("demo")[0].in_flight() != 1 {
-        assert!(Instant::now() < deadline, "request never in flight");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually!(
+        gw.gateway.state().registry.agents_of("demo")[0].in_flight() == 1,
+        "the request to be in flight"
+    );
     let started = Instant::now();
     agent.signal("TERM");
 
     // The gateway learns the agent is leaving and routes nothing new to it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while gw.gateway.state().registry.select("demo").is_some() {
-        assert!(Instant::now() < deadline, "agent never marked draining");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually!(
+        within Duration::from_secs(5) => gw.gateway.state().registry.select("demo").is_none(),
+        "the agent to be marked draining"
+    );
     let resp = client().get(gw.url("/about")).send().await.unwrap();
     assert_eq!(resp.status(), 503, "no new requests go to a draining agent");
 
@@ -273,15 +271,11 @@ async fn abandoned_download_leaves_no_stream_in_the_agent() {
         }
     } // each client goes away mid-body
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up
-        .bodies_in_flight
-        .load(std::sync::atomic::Ordering::SeqCst)
-        > 0
-    {
-        assert!(Instant::now() < deadline, "the upstream is still sending");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually!(
+        within Duration::from_secs(5) =>
+            up.bodies_in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0,
+        "the upstream to stop sending"
+    );
     exits_at_once_with_no_stream_left(agent).await;
 }
 
@@ -407,15 +401,11 @@ async fn half_closed_then_vanished_upgrade_leaves_no_stream_in_the_agent() {
     drop(tcp);
 
     // The agent lets go of the stream, so of the upstream connection.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while open.load(Ordering::SeqCst) > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream connection is still open: the agent kept the stream\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually!(
+        within Duration::from_secs(5) => open.load(Ordering::SeqCst) == 0,
+        "the upstream connection to close (else the agent kept the stream)\n{}",
+        agent.log()
+    );
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         1,

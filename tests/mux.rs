@@ -8,9 +8,16 @@
 //! `yamux` crate is only used as an independent peer (interop), and the raw wire
 //! tests speak yamux frames encoded by hand (HashiCorp's spec: 12-byte header,
 //! version 0, type 0 data / 1 window update / 2 ping / 3 go-away, flags SYN 1 /
-//! ACK 2 / FIN 4 / RST 8, stream ID, length; initial window 256 KiB).
+//! ACK 2 / FIN 4 / RST 8, stream ID, length; initial window 256 KiB), by
+//! `common::wire::yamux`.
+//!
+//! The tests whose point is timing (a writer that stalls, a drain's grace) run on
+//! paused time: "stalled" then means that no task can move, and the grace passes
+//! in no real time.
 
-use std::future::{Future, poll_fn};
+mod common;
+
+use std::future::poll_fn;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,10 +30,15 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
+use common::wait::{eventually, until_idle, within};
+use common::wire::XorShift;
+use common::wire::yamux::{
+    ACK, GO_AWAY_PROTOCOL_ERROR, Header, INITIAL_WINDOW, SYN, TYPE_DATA, TYPE_GO_AWAY, TYPE_PING,
+    encode_frame, take_frame,
+};
+
 /// Capacity of each direction of the in-memory connection.
 const DUPLEX: usize = 256 * 1024;
-/// yamux's initial stream window (spec).
-const WINDOW: usize = 256 * 1024;
 /// Bound on every test, so that nothing can hang.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// What "promptly" means for reactions to a peer (reset, end, failure).
@@ -34,58 +46,17 @@ const PROMPTLY: Duration = Duration::from_secs(2);
 
 // ---- helpers -------------------------------------------------------------------
 
-/// Awaits `f`, panicking with `what` if it takes longer than `limit`.
-async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(limit, f).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {limit:?}: {what}"),
-    }
-}
-
-/// Polls `cond` until it holds (panics after `limit`).
-async fn eventually(limit: Duration, what: &str, cond: impl Fn() -> bool) {
-    within(limit, what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-}
-
-/// A tiny seeded xorshift64 generator: reproducible payloads, no dependency.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(len + 8);
-        while v.len() < len {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(len);
-        v
-    }
-}
-
 /// `count` payloads of random length in `1..=max` (the first is 1 byte, the
 /// second `max`, so both edges are always covered). Empty streams have their own
 /// test: [`stream_closed_before_any_write_reaches_the_peer`].
 fn payloads(seed: u64, count: usize, max: usize) -> Vec<Vec<u8>> {
-    let mut rng = XorShift(seed);
+    let mut rng = XorShift::new(seed);
     (0..count)
         .map(|i| {
             let len = match i {
                 0 => 1,
                 1 => max,
-                _ => 1 + (rng.next() % max as u64) as usize,
+                _ => 1 + rng.below(max),
             };
             rng.bytes(len)
         })
@@ -302,66 +273,6 @@ async fn crate_roundtrip(stream: yamux::Stream, payload: &[u8]) -> io::Result<Ve
 
 // -- raw yamux frames --
 
-const TYPE_DATA: u8 = 0;
-const TYPE_PING: u8 = 2;
-const TYPE_GO_AWAY: u8 = 3;
-const SYN: u16 = 1;
-const ACK: u16 = 2;
-
-/// A yamux frame header, as the spec lays it out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Header {
-    version: u8,
-    ty: u8,
-    flags: u16,
-    stream: u32,
-    length: u32,
-}
-
-impl Header {
-    fn data(stream: u32, flags: u16, len: usize) -> Header {
-        Header {
-            version: 0,
-            ty: TYPE_DATA,
-            flags,
-            stream,
-            length: u32::try_from(len).expect("frame length"),
-        }
-    }
-
-    fn ping(flags: u16, opaque: u32) -> Header {
-        Header {
-            version: 0,
-            ty: TYPE_PING,
-            flags,
-            stream: 0,
-            length: opaque,
-        }
-    }
-
-    fn parse(b: &[u8]) -> Header {
-        Header {
-            version: b[0],
-            ty: b[1],
-            flags: u16::from_be_bytes([b[2], b[3]]),
-            stream: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-            length: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
-        }
-    }
-}
-
-/// Encodes one frame: the 12-byte header (big endian), then `body`.
-fn encode_frame(h: Header, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + body.len());
-    out.push(h.version);
-    out.push(h.ty);
-    out.extend_from_slice(&h.flags.to_be_bytes());
-    out.extend_from_slice(&h.stream.to_be_bytes());
-    out.extend_from_slice(&h.length.to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
 /// A hand-written yamux peer on a raw WebSocket (gateway side, `Role::Client`).
 struct RawPeer {
     ws: WsIo<DuplexStream>,
@@ -384,17 +295,8 @@ impl RawPeer {
     async fn next_frame(&mut self) -> Option<(Header, Vec<u8>)> {
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
-            if self.buf.len() >= 12 {
-                let h = Header::parse(&self.buf[..12]);
-                let body = if h.ty == TYPE_DATA {
-                    h.length as usize
-                } else {
-                    0
-                };
-                if self.buf.len() >= 12 + body {
-                    let frame: Vec<u8> = self.buf.drain(..12 + body).collect();
-                    return Some((h, frame[12..].to_vec()));
-                }
+            if let Some(frame) = take_frame(&mut self.buf) {
+                return Some(frame);
             }
             match futures_util::AsyncReadExt::read(&mut self.ws, &mut chunk).await {
                 Ok(0) | Err(_) => return None,
@@ -523,16 +425,17 @@ async fn yamux_crate_client_interoperates_with_our_server() {
 
 /// A writer cannot run ahead of a reader that reads nothing: 8 MiB on one stream
 /// stalls after about one window, and completes, intact, once the reader reads.
-#[tokio::test]
+/// On paused time, so that "stalls" means no task can move, not "slow so far".
+#[tokio::test(start_paused = true)]
 async fn writer_blocks_until_the_reader_reads() {
     within(TEST_TIMEOUT, "flow control", async {
         let (inbound, mut rx) = queue_inbound();
         let pair = make_pair(Duration::from_secs(1), inbound);
-        let data = XorShift(0x5eed_0004).bytes(8 << 20);
+        let data = XorShift::new(0x5eed_0004).bytes(8 << 20);
 
         let mut stream = pair.opener.open().await.expect("open");
         let written = Arc::new(AtomicUsize::new(0));
-        let mut writer = tokio::spawn({
+        let writer = tokio::spawn({
             let data = data.clone();
             let written = written.clone();
             async move {
@@ -548,13 +451,13 @@ async fn writer_blocks_until_the_reader_reads() {
         let mut server_stream = within(PROMPTLY, "the server gets the stream", rx.recv())
             .await
             .expect("inbound stream");
-        // Expected to elapse: nothing reads on the server side.
-        let early = tokio::time::timeout(Duration::from_millis(300), &mut writer).await;
-        assert!(early.is_err(), "8 MiB were written without a reader");
+        // Nothing reads on the server side: everything stops.
+        until_idle().await;
+        assert!(!writer.is_finished(), "8 MiB were written without a reader");
         let so_far = written.load(Ordering::Relaxed);
         assert!(
             so_far <= 2 << 20,
-            "{so_far} bytes accepted without a reader (window is {WINDOW})"
+            "{so_far} bytes accepted without a reader (window is {INITIAL_WINDOW})"
         );
 
         let mut received = Vec::with_capacity(data.len());
@@ -585,7 +488,7 @@ async fn half_close_then_response() {
     within(TEST_TIMEOUT, "half-close", async {
         let (inbound, mut rx) = queue_inbound();
         let pair = make_pair(Duration::from_secs(1), inbound);
-        let request = XorShift(0x5eed_0005).bytes(100 * 1024);
+        let request = XorShift::new(0x5eed_0005).bytes(100 * 1024);
 
         let server = tokio::spawn(async move {
             let mut s = rx.recv().await.expect("inbound stream");
@@ -751,11 +654,10 @@ async fn drain_lets_a_stream_in_use_finish() {
             .send(())
             .expect("stop");
         // The drain has begun once the agent's announcement arrives.
-        let handle = pair.opener.clone();
-        eventually(PROMPTLY, "the drain announcement", || {
-            handle.peer_draining()
-        })
-        .await;
+        eventually!(
+            within PROMPTLY => pair.opener.peer_draining(),
+            "the drain announcement"
+        );
 
         c.write_all(b" and the rest")
             .await
@@ -795,8 +697,9 @@ async fn drain_lets_a_stream_in_use_finish() {
 }
 
 /// A stream that never finishes cannot hold a drain beyond its grace period: the
-/// session ends as `Drained` with one unfinished stream.
-#[tokio::test]
+/// session ends as `Drained` with one unfinished stream. On paused time: the
+/// grace is waited out in virtual time, and exactly.
+#[tokio::test(start_paused = true)]
 async fn drain_gives_up_after_grace() {
     within(TEST_TIMEOUT, "drain, unfinished", async {
         let (inbound, mut rx) = queue_inbound();
@@ -809,6 +712,7 @@ async fn drain_gives_up_after_grace() {
             .await
             .expect("stream");
 
+        let stopped = tokio::time::Instant::now();
         pair.stop_server
             .take()
             .expect("stop")
@@ -822,6 +726,11 @@ async fn drain_gives_up_after_grace() {
             SessionEnd::Drained {
                 unfinished_streams: 1
             }
+        );
+        let waited = stopped.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200),
+            "the drain gave up after {waited:?}, before its grace of 200 ms"
         );
         drop(c);
     })
@@ -907,7 +816,7 @@ async fn raw_syn_data_and_ping() {
 async fn raw_frame_beyond_the_window_is_refused() {
     within(TEST_TIMEOUT, "raw oversized frame", async {
         let (mut peer, _server, mut rx) = raw_pair();
-        let body = XorShift(0x5eed_0008).bytes(300 * 1024);
+        let body = XorShift::new(0x5eed_0008).bytes(300 * 1024);
         peer.send(&encode_frame(Header::data(1, SYN, body.len()), &body))
             .await;
 
@@ -922,12 +831,19 @@ async fn raw_frame_beyond_the_window_is_refused() {
         })
         .await;
         if let Some(h) = go_away {
-            assert_eq!(h.length, 1, "go-away code should be protocol error: {h:?}");
+            assert_eq!(
+                h.length, GO_AWAY_PROTOCOL_ERROR,
+                "go-away code should be protocol error: {h:?}"
+            );
         }
         if let Ok(mut s) = rx.try_recv() {
             let mut got = Vec::new();
             let _ = tokio::time::timeout(PROMPTLY, s.read_to_end(&mut got)).await;
-            assert!(got.len() <= WINDOW, "{} bytes beyond the window", got.len());
+            assert!(
+                got.len() <= INITIAL_WINDOW,
+                "{} bytes beyond the window",
+                got.len()
+            );
         }
     })
     .await
@@ -939,7 +855,7 @@ async fn raw_frame_beyond_the_window_is_refused() {
 async fn raw_frame_beyond_the_window_fails_the_session() {
     within(TEST_TIMEOUT, "raw oversized frame, failure", async {
         let (mut peer, mut server, _rx) = raw_pair();
-        let body = XorShift(0x5eed_0009).bytes(300 * 1024);
+        let body = XorShift::new(0x5eed_0009).bytes(300 * 1024);
         peer.send(&encode_frame(Header::data(1, SYN, body.len()), &body))
             .await;
         // Keep reading (it also writes what we queued) while waiting for the end.

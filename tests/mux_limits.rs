@@ -1,25 +1,37 @@
 //! What a broken or hostile peer can and cannot make our yamux session
-//! (`src/transport/mux.rs`, `session.rs`) do: memory stays bounded under floods and
+//! (`src/transport/mux/`, `session.rs`) do: memory stays bounded under floods and
 //! slow readers, protocol errors are reported to the peer, a go-away is honoured.
 //! Each test began as a finding of a review of the first version, which failed it.
 //!
 //! The peers here speak raw WebSocket frames (masked with a zero key on the
 //! client side, which RFC 6455 allows) and raw yamux frames straight onto a
 //! `tokio::io::duplex`, so that the test controls exactly what is read and
-//! written and when. A counting global allocator measures the live heap; the
-//! tests that measure take a global lock so that they do not disturb each other.
+//! written and when (both from `common::wire`). A counting global allocator
+//! measures the live heap; the tests that measure take a global lock so that they
+//! do not disturb each other. The tests that wait for the session's own timeouts
+//! run on paused time.
+
+mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use gateway::transport::{Role, Session, SessionEnd, SessionHandle, StreamIo, WsIo, close_code};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, DuplexStream};
+use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, DuplexStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use common::wait::{until_idle, within};
+use common::wire::ws::{
+    FIN, Len, OP_BINARY, OP_CLOSE, OP_CONT, encode as encode_ws, parse_frame as parse_ws,
+};
+use common::wire::yamux::{
+    ACK, GO_AWAY_PROTOCOL_ERROR, Header, SYN, TYPE_GO_AWAY, TYPE_PING, data_frame, encode_frame,
+    take_frame,
+};
 
 // ---- a counting allocator ------------------------------------------------------
 
@@ -76,65 +88,15 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(limit, f).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {limit:?}: {what}"),
-    }
-}
-
-const TYPE_DATA: u8 = 0;
-const TYPE_WINDOW_UPDATE: u8 = 1;
-const TYPE_PING: u8 = 2;
-const TYPE_GO_AWAY: u8 = 3;
-const SYN: u16 = 1;
-const ACK: u16 = 2;
-const RST: u16 = 8;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Header {
-    ty: u8,
-    flags: u16,
-    stream: u32,
-    length: u32,
-}
-
-fn frame(ty: u8, flags: u16, stream: u32, length: u32, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + body.len());
-    out.push(0);
-    out.push(ty);
-    out.extend_from_slice(&flags.to_be_bytes());
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(&length.to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn data(stream: u32, flags: u16, body: &[u8]) -> Vec<u8> {
-    frame(TYPE_DATA, flags, stream, body.len() as u32, body)
-}
-
 /// One binary WebSocket frame (FIN set). `masked`: the client's side; the key is
 /// zero, so the payload goes out as it is.
 fn ws_binary(payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 14);
-    out.push(0x82);
-    let m = if masked { 0x80 } else { 0 };
-    let len = payload.len();
-    if len < 126 {
-        out.push(m | len as u8);
-    } else if len <= 0xFFFF {
-        out.push(m | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(m | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    if masked {
-        out.extend_from_slice(&[0, 0, 0, 0]);
-    }
-    out.extend_from_slice(payload);
-    out
+    encode_ws(
+        FIN | OP_BINARY,
+        Len::Minimal,
+        payload,
+        masked.then_some([0; 4]),
+    )
 }
 
 /// A raw peer: writes WebSocket frames itself and reads the session's yamux
@@ -157,34 +119,19 @@ impl Raw {
     /// The next yamux frame; None at EOF, on a WebSocket close, or an error.
     async fn next_frame(&mut self) -> Option<(Header, Vec<u8>)> {
         loop {
-            if self.ybuf.len() >= 12 {
-                let b = &self.ybuf;
-                let h = Header {
-                    ty: b[1],
-                    flags: u16::from_be_bytes([b[2], b[3]]),
-                    stream: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-                    length: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
-                };
-                let body = if h.ty == TYPE_DATA {
-                    h.length as usize
-                } else {
-                    0
-                };
-                if self.ybuf.len() >= 12 + body {
-                    let f: Vec<u8> = self.ybuf.drain(..12 + body).collect();
-                    return Some((h, f[12..].to_vec()));
-                }
+            if let Some(frame) = take_frame(&mut self.ybuf) {
+                return Some(frame);
             }
             // Parse one WebSocket frame (unmasked when it comes from the server).
             loop {
-                if let Some((opcode, payload, used)) = parse_ws(&self.wbuf) {
+                if let Ok((frame, used)) = parse_ws(&self.wbuf) {
                     self.wbuf.drain(..used);
-                    match opcode {
-                        0x0 | 0x2 => {
-                            self.ybuf.extend_from_slice(&payload);
+                    match frame.opcode {
+                        OP_CONT | OP_BINARY => {
+                            self.ybuf.extend_from_slice(&frame.payload);
                             break;
                         }
-                        0x8 => return None,
+                        OP_CLOSE => return None,
                         _ => continue,
                     }
                 }
@@ -196,52 +143,6 @@ impl Raw {
             }
         }
     }
-}
-
-/// (opcode, unmasked payload, bytes used) of the first complete frame in `b`.
-fn parse_ws(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
-    if b.len() < 2 {
-        return None;
-    }
-    let opcode = b[0] & 0x0F;
-    let masked = b[1] & 0x80 != 0;
-    let (len, mut at) = match b[1] & 0x7F {
-        126 => {
-            if b.len() < 4 {
-                return None;
-            }
-            (u16::from_be_bytes([b[2], b[3]]) as usize, 4)
-        }
-        127 => {
-            if b.len() < 10 {
-                return None;
-            }
-            let mut x = [0u8; 8];
-            x.copy_from_slice(&b[2..10]);
-            (u64::from_be_bytes(x) as usize, 10)
-        }
-        n => (n as usize, 2),
-    };
-    let mask = if masked {
-        if b.len() < at + 4 {
-            return None;
-        }
-        let m = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        at += 4;
-        Some(m)
-    } else {
-        None
-    };
-    if b.len() < at + len {
-        return None;
-    }
-    let mut payload = b[at..at + len].to_vec();
-    if let Some(m) = mask {
-        for (i, x) in payload.iter_mut().enumerate() {
-            *x ^= m[i % 4];
-        }
-    }
-    Some((opcode, payload, at + len))
 }
 
 fn ws(io: DuplexStream, role: Role) -> WsIo<DuplexStream> {
@@ -288,7 +189,7 @@ fn raw_vs_client(duplex: usize) -> (Raw, JoinHandle<SessionEnd>, SessionHandle) 
 /// Sends a yamux ping and waits for its answer: everything sent before it has
 /// been parsed by the session.
 async fn sync(raw: &mut Raw, opaque: u32) {
-    raw.send(&frame(TYPE_PING, SYN, 0, opaque, &[]))
+    raw.send(&encode_frame(Header::ping(SYN, opaque), &[]))
         .await
         .expect("send ping");
     within(Duration::from_secs(20), "the ping answer", async {
@@ -308,13 +209,14 @@ async fn sync(raw: &mut Raw, opaque: u32) {
 /// the gateway sends a go-away with code 1 (protocol error) and drops the
 /// connection." The go-away must reach the socket before the connection goes
 /// (`WsIo` defers writes until its next read, so returning at once loses it).
-#[tokio::test]
+/// On paused time: the session's 5 s closing handshake passes in no real time.
+#[tokio::test(start_paused = true)]
 async fn protocol_error_go_away_reaches_the_peer() {
     let _serial = serial().await;
     within(TEST_TIMEOUT, "go-away on protocol error", async {
         let (mut raw, server, _rx) = raw_vs_server(1 << 20);
         let body = vec![7u8; 300 * 1024]; // beyond the 256 KiB window
-        raw.send(&data(1, SYN, &body)).await.expect("send");
+        raw.send(&data_frame(1, SYN, &body)).await.expect("send");
         let mut seen = Vec::new();
         // This peer never answers the WebSocket close frame, so the session
         // waits out its 5 s closing handshake before it lets go.
@@ -327,7 +229,8 @@ async fn protocol_error_go_away_reaches_the_peer() {
         .await;
         assert!(matches!(end, SessionEnd::Failed(_)), "{end:?}");
         assert!(
-            seen.iter().any(|h| h.ty == TYPE_GO_AWAY && h.length == 1),
+            seen.iter()
+                .any(|h| h.ty == TYPE_GO_AWAY && h.length == GO_AWAY_PROTOCOL_ERROR),
             "no go-away (protocol error) reached the peer before the connection \
              ended; frames seen: {seen:?}"
         );
@@ -341,16 +244,19 @@ async fn protocol_error_go_away_reaches_the_peer() {
 /// answer, and the answers cannot leave. The session must not hold them without
 /// bound: either the peer's writes stall (backpressure) or the session ends it
 /// as a flood (what ours does); either way the heap stays small.
-#[tokio::test]
+///
+/// On paused time: the flood's bound and the session's closing handshake pass
+/// in no real time, and "stalled" means that no task can move.
+#[tokio::test(start_paused = true)]
 async fn ping_flood_without_reading_is_bounded() {
     let _serial = serial().await;
     within(TEST_TIMEOUT, "ping flood", async {
         let (mut raw, _server, _rx) = raw_vs_server(64 * 1024);
-        // Let the session start.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The session has started and waits for input.
+        until_idle().await;
         let before = live_mib();
         let pings: Vec<u8> = (0..5000u32)
-            .flat_map(|i| frame(TYPE_PING, SYN, 0, i, &[]))
+            .flat_map(|i| encode_frame(Header::ping(SYN, i), &[]))
             .collect();
         let message = ws_binary(&pings, true);
         let total = 16usize << 20;
@@ -366,8 +272,8 @@ async fn ping_flood_without_reading_is_bounded() {
             }
         };
         let done = tokio::time::timeout(Duration::from_secs(10), flood).await;
-        // Let the session parse what is in the connection buffer.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The session has parsed what is in the connection buffer.
+        until_idle().await;
         let grown = live_mib() - before;
         assert!(
             done.is_err() || ended,
@@ -384,13 +290,13 @@ async fn ping_flood_without_reading_is_bounded() {
 
 /// The same on the gateway: every SYN from the agent (which must not open
 /// streams) is answered with an RST. A malicious agent that never reads must
-/// not make the gateway buffer as much as it likes.
-#[tokio::test]
+/// not make the gateway buffer as much as it likes. On paused time, as above.
+#[tokio::test(start_paused = true)]
 async fn syn_flood_from_agent_is_bounded() {
     let _serial = serial().await;
     within(TEST_TIMEOUT, "syn flood", async {
         let (mut raw, _client, _opener) = raw_vs_client(64 * 1024);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        until_idle().await;
         let before = live_mib();
         let total = 16usize << 20;
         let mut sent = 0usize;
@@ -401,7 +307,7 @@ async fn syn_flood_from_agent_is_bounded() {
                 let syns: Vec<u8> = (0..5000)
                     .flat_map(|_| {
                         id += 2;
-                        frame(TYPE_WINDOW_UPDATE, SYN, id, 0, &[])
+                        encode_frame(Header::window_update(id, SYN, 0), &[])
                     })
                     .collect();
                 if raw.send(&syns).await.is_err() {
@@ -412,7 +318,7 @@ async fn syn_flood_from_agent_is_bounded() {
             }
         };
         let done = tokio::time::timeout(Duration::from_secs(10), flood).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        until_idle().await;
         let grown = live_mib() - before;
         assert!(
             done.is_err() || ended,
@@ -439,15 +345,15 @@ async fn small_frames_do_not_pin_read_buffers() {
     let _serial = serial().await;
     within(TEST_TIMEOUT, "pinned buffers", async {
         let (mut raw, _server, mut rx) = raw_vs_server(256 * 1024);
-        raw.send(&data(1, SYN, b"x")).await.expect("send");
+        raw.send(&data_frame(1, SYN, b"x")).await.expect("send");
         sync(&mut raw, 1).await;
         let held = rx.recv().await.expect("inbound stream"); // never read
         let before = live_mib();
         let filler = vec![0u8; 64 * 1024];
         for _ in 0..400 {
-            let mut m = data(1, 0, b"y");
+            let mut m = data_frame(1, 0, b"y");
             // Stream 3 was never opened: its payload is discarded.
-            m.extend(data(3, 0, &filler));
+            m.extend(data_frame(3, 0, &filler));
             raw.send(&m).await.expect("send");
         }
         sync(&mut raw, 2).await;
@@ -519,7 +425,7 @@ async fn go_away_from_the_agent_closes_the_opener() {
     let _serial = serial().await;
     within(TEST_TIMEOUT, "go-away", async {
         let (mut raw, _client, opener) = raw_vs_client(256 * 1024);
-        raw.send(&frame(TYPE_GO_AWAY, 0, 0, 0, &[]))
+        raw.send(&encode_frame(Header::go_away(0), &[]))
             .await
             .expect("send");
         sync(&mut raw, 9).await;
@@ -532,9 +438,3 @@ async fn go_away_from_the_agent_closes_the_opener() {
     })
     .await
 }
-
-// Keep the imports of traits used only through methods.
-#[allow(dead_code)]
-fn _traits(_: &dyn AsyncRead, _: &dyn AsyncWrite) {}
-#[allow(dead_code)]
-const _RST: u16 = RST;

@@ -37,22 +37,17 @@ async fn connections(c: &reqwest::Client, gw_base: &str) -> Vec<serde_json::Valu
 
 /// Polls `/connections` until the sum of `requests_in_flight` is 0 (panics after 10 s).
 async fn wait_idle(c: &reqwest::Client, gw_base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let list = connections(c, gw_base).await;
-        let in_flight: u64 = list
-            .iter()
-            .map(|a| a["requests_in_flight"].as_u64().unwrap())
-            .sum();
-        if in_flight == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "requests still in flight after 10 s: {list:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut list: Vec<serde_json::Value>;
+    eventually!(
+        {
+            list = connections(c, gw_base).await;
+            list.iter()
+                .map(|a| a["requests_in_flight"].as_u64().unwrap())
+                .sum::<u64>()
+                == 0
+        },
+        "no request in flight; still: {list:?}"
+    );
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)`, checked by shape and ranges.
@@ -625,18 +620,11 @@ async fn client_leaving_mid_response_does_not_break_the_next_request() {
     let base = gw.url("");
     let observer = client();
     wait_idle(&observer, &base).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up
-        .bodies_in_flight
-        .load(std::sync::atomic::Ordering::SeqCst)
-        > 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream is still sending the abandoned body 5 s after the client left"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually!(
+        within Duration::from_secs(5) =>
+            up.bodies_in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0,
+        "the upstream to stop sending the abandoned body once the client left"
+    );
 
     for _ in 0..3 {
         let resp = c.get(gw.url("/about")).send().await.unwrap();
@@ -815,24 +803,17 @@ async fn streams_200_mib_each_way_with_bounded_gateway_memory() {
          {rss_before} KiB, VmHWM {peak} KiB)"
     );
     // The gateway's access log has both transfers, with their tunnel and status.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let logged = |path: &str| {
-            gw.proc.log().lines().any(|l| {
-                l.contains("gateway::access")
-                    && l.contains(&format!("path={path} "))
-                    && l.contains("tunnel=demo")
-                    && l.contains("status=200")
-            })
-        };
-        if logged("/bytes") && logged("/sink") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "access log lines for /bytes and /sink (status=200, tunnel=demo) missing:\n{}",
-            gw.proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let logged = |path: &str| {
+        gw.proc.log().lines().any(|l| {
+            l.contains("gateway::access")
+                && l.contains(&format!("path={path} "))
+                && l.contains("tunnel=demo")
+                && l.contains("status=200")
+        })
+    };
+    eventually!(
+        logged("/bytes") && logged("/sink"),
+        "access log lines for /bytes and /sink (status=200, tunnel=demo); log:\n{}",
+        gw.proc.log()
+    );
 }

@@ -19,25 +19,20 @@ use common::*;
 
 /// Polls until the agents of `tunnel` have `n` requests in flight in total.
 async fn wait_in_flight(gw: &TestGateway, tunnel: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now: usize = gw
-            .gateway
+    let in_flight = || -> usize {
+        gw.gateway
             .state()
             .registry
             .agents_of(tunnel)
             .iter()
             .map(|a| a.in_flight())
-            .sum();
-        if now == n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "tunnel {tunnel} never had {n} requests in flight (has {now})"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+            .sum()
+    };
+    eventually!(
+        in_flight() == n,
+        "tunnel {tunnel} to have {n} requests in flight (has {})",
+        in_flight()
+    );
 }
 
 /// An address on which nothing listens (bound, then closed).
@@ -186,16 +181,17 @@ async fn agent_reconnects_to_a_restarted_gateway() {
     drop(gw); // shutdown signal + accept loop aborted
 
     // Bind the same address again as soon as the old listener is gone.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let listener = loop {
+    let mut refused = None;
+    let listener = eventually!(
         match TcpListener::bind(addr).await {
-            Ok(l) => break l,
+            Ok(l) => Some(l),
             Err(e) => {
-                assert!(Instant::now() < deadline, "cannot re-bind {addr}: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                refused = Some(e);
+                None
             }
-        }
-    };
+        },
+        "re-binding {addr} (last error: {refused:?})"
+    );
     let mut config = Config::defaults();
     config.server.port = addr.port();
     let gw = TestGateway::start_on(config, listener).await;
@@ -363,14 +359,10 @@ async fn agent_leaving_gracefully_finishes_the_request_in_flight() {
     wait_in_flight(&gw, "demo", 1).await;
 
     let stop = tokio::spawn(agent.stop());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gw.gateway.state().registry.list()[0].draining {
-        assert!(
-            Instant::now() < deadline,
-            "the agent never started draining"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually!(
+        gw.gateway.state().registry.list()[0].draining,
+        "the agent to start draining"
+    );
     let resp = client().get(gw.url("/about")).send().await.unwrap();
     assert_eq!(resp.status(), 503, "nothing new goes to a draining agent");
 

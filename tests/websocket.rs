@@ -1,4 +1,4 @@
-//! The WebSocket codec (`gateway::transport::ws_io`) on its own, over in-memory
+//! The WebSocket codec (`gateway::transport::ws`, `WsIo`) on its own, over in-memory
 //! pipes:
 //!
 //! - **interop** with tokio-tungstenite, both ways and in both roles: binary
@@ -18,7 +18,13 @@
 //!   reply to the peer's close go out before the read reports the end, even when
 //!   the write cannot complete at once (a full pipe, an exhausted task budget).
 //!
+//! - the **heartbeat**, on paused time: a ping every interval, and a read that
+//!   fails with `TimedOut` after three silent ones (but not while the peer talks).
+//!
 //! Every wait is bounded by [`LIMIT`]: a hang fails the test instead of stalling it.
+//! Frames are built and parsed by `common::wire::ws`, from RFC 6455 itself.
+
+mod common;
 
 use std::future::Future;
 use std::io;
@@ -36,6 +42,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as TungRole};
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use common::wait::{until_idle, within};
+use common::wire::ws::*;
+use common::wire::{XorShift, pattern};
+
 // ---- helpers -------------------------------------------------------------------
 
 /// Upper bound for any single wait in these tests.
@@ -43,18 +53,6 @@ const LIMIT: Duration = Duration::from_secs(20);
 /// Capacity of each direction of the in-memory pipe.
 const PIPE: usize = 64 * 1024;
 
-const FIN: u8 = 0x80;
-const RSV1: u8 = 0x40;
-const RSV2: u8 = 0x20;
-const RSV3: u8 = 0x10;
-const OP_CONT: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-/// Mask key of every hand-built masked frame (the one in RFC 6455 section 5.7).
-const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 const DRAIN: &str = r#"{"type":"drain"}"#;
 
 type Ours = WsIo<DuplexStream>;
@@ -62,10 +60,7 @@ type Theirs = WebSocketStream<DuplexStream>;
 
 /// Awaits `fut`, failing the test if it takes longer than [`LIMIT`].
 async fn bounded<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(LIMIT, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("{what}: no result within {LIMIT:?}"),
-    }
+    within(LIMIT, what, fut).await
 }
 
 /// Awaits a spawned task within [`LIMIT`], propagating its panic.
@@ -97,42 +92,6 @@ async fn ours_and_tungstenite(role: Role, close: u16) -> (Ours, Theirs) {
     };
     let theirs = WebSocketStream::from_raw_socket(raw, their_role, None).await;
     (ws, theirs)
-}
-
-/// Tiny deterministic PRNG (xorshift64*).
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform-ish in `0..n` (`n` > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    fn byte(&mut self) -> u8 {
-        (self.next_u64() >> 32) as u8
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.byte()).collect()
-    }
-}
-
-/// `len` pseudo-random bytes determined by `seed`.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    XorShift::new(seed).bytes(len)
 }
 
 /// Compares two byte strings without printing megabytes when they differ.
@@ -179,136 +138,6 @@ async fn tungstenite_until_close(theirs: &mut Theirs) -> (Vec<Message>, Option<C
     }
 }
 
-/// How the length of a hand-built frame is encoded.
-#[derive(Clone, Copy)]
-enum Len {
-    /// The shortest form.
-    Minimal,
-    /// The 16-bit form, whatever the length.
-    U16,
-    /// The 64-bit form, whatever the length.
-    U64,
-    /// The 64-bit form holding this value, whatever the payload.
-    Claim(u64),
-}
-
-/// A raw frame: first byte `b0` (FIN, RSV, opcode), the length as `len` says,
-/// and the payload, masked with [`MASK`] if `masked`.
-fn raw_frame(b0: u8, len: Len, payload: &[u8], masked: bool) -> Vec<u8> {
-    let m = if masked { 0x80 } else { 0 };
-    let n = payload.len() as u64;
-    let mut out = vec![b0];
-    match len {
-        Len::Minimal if n < 126 => out.push(m | n as u8),
-        Len::Minimal if n <= 0xFFFF => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        Len::U16 => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        Len::Minimal | Len::U64 => {
-            out.push(m | 127);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-        Len::Claim(claimed) => {
-            out.push(m | 127);
-            out.extend_from_slice(&claimed.to_be_bytes());
-        }
-    }
-    if masked {
-        out.extend_from_slice(&MASK);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    } else {
-        out.extend_from_slice(payload);
-    }
-    out
-}
-
-/// A frame as a client sends it (masked): what a Server-role end expects.
-fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
-    raw_frame(b0, Len::Minimal, payload, true)
-}
-
-/// A frame as a server sends it (unmasked): what a Client-role end expects.
-fn unmasked(b0: u8, payload: &[u8]) -> Vec<u8> {
-    raw_frame(b0, Len::Minimal, payload, false)
-}
-
-/// A close frame's payload.
-fn close_body(code: u16, reason: &[u8]) -> Vec<u8> {
-    let mut p = code.to_be_bytes().to_vec();
-    p.extend_from_slice(reason);
-    p
-}
-
-/// A frame our end sent, parsed (and unmasked).
-#[derive(Debug)]
-struct Sent {
-    fin: bool,
-    rsv: u8,
-    opcode: u8,
-    masked: bool,
-    payload: Vec<u8>,
-}
-
-impl Sent {
-    fn close_code(&self) -> Option<u16> {
-        (self.opcode == OP_CLOSE && self.payload.len() >= 2)
-            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
-    }
-}
-
-/// Parses the complete byte stream our end wrote. Errors on a truncated frame.
-fn parse_frames(mut bytes: &[u8]) -> Result<Vec<Sent>, String> {
-    let mut frames = Vec::new();
-    while !bytes.is_empty() {
-        if bytes.len() < 2 {
-            return Err(format!("truncated header: {bytes:?}"));
-        }
-        let (b0, b1) = (bytes[0], bytes[1]);
-        let is_masked = b1 & 0x80 != 0;
-        let (len, mut at) = match b1 & 0x7F {
-            126 if bytes.len() >= 4 => (u64::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
-            127 if bytes.len() >= 10 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&bytes[2..10]);
-                (u64::from_be_bytes(b), 10)
-            }
-            126 | 127 => return Err("truncated length".into()),
-            n => (u64::from(n), 2),
-        };
-        let mut key = [0u8; 4];
-        if is_masked {
-            if bytes.len() < at + 4 {
-                return Err("truncated mask".into());
-            }
-            key.copy_from_slice(&bytes[at..at + 4]);
-            at += 4;
-        }
-        let len = usize::try_from(len).map_err(|_| "absurd length".to_string())?;
-        if bytes.len() - at < len {
-            return Err(format!("truncated payload: {len} announced"));
-        }
-        let mut payload = bytes[at..at + len].to_vec();
-        if is_masked {
-            for (i, b) in payload.iter_mut().enumerate() {
-                *b ^= key[i % 4];
-            }
-        }
-        frames.push(Sent {
-            fin: b0 & 0x80 != 0,
-            rsv: b0 & 0x70,
-            opcode: b0 & 0x0F,
-            masked: is_masked,
-            payload,
-        });
-        bytes = &bytes[at + len..];
-    }
-    Ok(frames)
-}
-
 /// What our end did with raw input.
 struct RawRun {
     /// Binary payload bytes it read.
@@ -352,7 +181,7 @@ async fn run_raw(role: Role, input: Vec<u8>, seed: u64) -> RawRun {
 }
 
 /// Checks the framing rules every frame we send must follow; returns the frames.
-fn check_sent(role: Role, sent_bytes: &[u8]) -> Result<Vec<Sent>, String> {
+fn check_sent(role: Role, sent_bytes: &[u8]) -> Result<Vec<Parsed>, String> {
     let frames = parse_frames(sent_bytes)?;
     for f in &frames {
         if !f.fin || f.rsv != 0 {
@@ -602,8 +431,9 @@ async fn our_close_handshake_with_tungstenite() {
 
 /// Our `close()` returns only once the peer's close frame arrived; data and pings
 /// arriving in between are discarded (no pong once our close is out), and the
-/// socket is shut down at the end.
-#[tokio::test]
+/// socket is shut down at the end. On paused time, so that "keeps waiting" can
+/// be checked once our side can do nothing more, rather than after some yields.
+#[tokio::test(start_paused = true)]
 async fn our_close_waits_for_the_reply() {
     let (mut ws, raw) = ours(Role::Server, close_code::AWAY);
     let (mut their_rd, mut their_wr) = tokio::io::split(raw);
@@ -621,10 +451,8 @@ async fn our_close_waits_for_the_reply() {
         assert_eq!(frames[0].close_code(), Some(close_code::AWAY));
         assert_eq!(&frames[0].payload[2..], reason.as_bytes());
         assert!(!frames[0].masked);
-        // Let our side run: it must keep waiting.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        // Let our side run until it can do nothing more: it must keep waiting.
+        until_idle().await;
         assert!(
             !done.get(),
             "close() returned before the peer's close frame"
@@ -1470,7 +1298,7 @@ async fn garbage_input_ends_cleanly() {
             }
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 ends[1] += 1;
-                match last_close.and_then(Sent::close_code) {
+                match last_close.and_then(Parsed::close_code) {
                     Some(1002 | 1007 | 1009) => None,
                     other => Some(format!("InvalidData ({e}) with close code {other:?}")),
                 }
@@ -1545,7 +1373,7 @@ async fn close_frame_is_sent_when_the_budget_runs_out() {
                 .await
                 .unwrap();
             let frames = parse_frames(&sent).unwrap();
-            if frames.last().and_then(Sent::close_code) != Some(code) {
+            if frames.last().and_then(Parsed::close_code) != Some(code) {
                 lost.push(format!(
                     "{name}, {spent} units spent: read gave {end:?}, no close sent"
                 ));
@@ -1590,6 +1418,121 @@ async fn close_reply_is_sent_after_queued_data() {
     assert_eq!(last.close_code(), Some(close_code::NORMAL), "{last:?}");
     let received: Vec<u8> = before.iter().flat_map(|f| f.payload.clone()).collect();
     assert_same_bytes(&received, &data, "data sent before the close reply");
+}
+
+// ---- heartbeat (paused time) ----------------------------------------------------
+
+/// The ping interval of the heartbeat tests: the gateway's default. On paused
+/// time the intervals cost no real time, only the work done in them.
+const BEAT: Duration = Duration::from_secs(15);
+
+/// The peer of a heartbeat test: reads what our end sends until the pipe
+/// closes, noting when each frame arrived (since `start`), and answers the first
+/// `answer` pings with pongs. Sends nothing else.
+async fn heartbeat_peer(
+    mut raw: DuplexStream,
+    start: tokio::time::Instant,
+    answer: usize,
+) -> Vec<(Duration, Parsed)> {
+    let mut frames = Vec::new();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let mut answered = 0;
+    loop {
+        match raw.read(&mut chunk).await {
+            Ok(0) | Err(_) => return frames,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        while let Ok((frame, used)) = parse_frame(&buf) {
+            buf.drain(..used);
+            if frame.opcode == OP_PING && answered < answer {
+                let pong = masked(FIN | OP_PONG, &frame.payload);
+                let _ = raw.write_all(&pong).await;
+                answered += 1;
+            }
+            frames.push((start.elapsed(), frame));
+        }
+    }
+}
+
+/// Our gateway-side end with a heartbeat of [`BEAT`] against [`heartbeat_peer`]:
+/// reads until the read fails, then drops our end. Returns how the read ended,
+/// when, and what the peer received.
+async fn heartbeat_run(answer: usize) -> (io::Result<usize>, Duration, Vec<(Duration, Parsed)>) {
+    let (a, raw) = tokio::io::duplex(PIPE);
+    let mut ws = WsIo::new(a, Role::Server, Some(BEAT), close_code::AWAY);
+    let start = tokio::time::Instant::now();
+    let ours = async move {
+        let mut buf = [0u8; 64];
+        let end = ws.read(&mut buf).await;
+        let at = start.elapsed();
+        drop(ws); // the peer sees EOF
+        (end, at)
+    };
+    let peer = heartbeat_peer(raw, start, answer);
+    let ((end, at), frames) = within(BEAT * 20, "the heartbeat run", async {
+        tokio::join!(ours, peer)
+    })
+    .await;
+    (end, at, frames)
+}
+
+/// Checks that every frame is an empty ping from a server (unmasked), one per
+/// interval: the k-th (from 1) within [k, k + 1) intervals. Returns when they came.
+#[track_caller]
+fn one_ping_per_interval(frames: &[(Duration, Parsed)]) -> Vec<Duration> {
+    for (i, (at, f)) in frames.iter().enumerate() {
+        assert!(
+            f.fin && f.rsv == 0 && f.opcode == OP_PING && !f.masked && f.payload.is_empty(),
+            "frame #{i} at {at:?} is not an empty ping: {f:?}"
+        );
+        let k = i as u32 + 1;
+        assert!(
+            *at >= BEAT * k && *at < BEAT * (k + 1),
+            "ping #{k} came at {at:?}, not in interval {k} of {BEAT:?}"
+        );
+    }
+    frames.iter().map(|(at, _)| *at).collect()
+}
+
+/// A peer that sends nothing: pinged every interval, and given up as dead (the
+/// read fails with `TimedOut`) once three intervals have passed in silence, and
+/// not before (docs/PROTOCOL.md, "Heartbeats").
+#[tokio::test(start_paused = true)]
+async fn heartbeat_pings_a_silent_peer_then_gives_up() {
+    let (end, at, frames) = heartbeat_run(0).await;
+    let err = end.expect_err("the read fails");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    assert!(
+        at >= BEAT * 3 && at <= BEAT * 4,
+        "given up after {at:?}; three to four intervals of {BEAT:?} expected"
+    );
+    let pings = one_ping_per_interval(&frames);
+    assert!(
+        pings.len() >= 2,
+        "pings at {pings:?} before giving up at {at:?}: one per interval expected"
+    );
+}
+
+/// Pongs are signs of life: a peer that answers the first four pings is kept
+/// that long, and given up three to four intervals after its last answer.
+#[tokio::test(start_paused = true)]
+async fn heartbeat_counts_from_the_last_sign_of_life() {
+    let (end, at, frames) = heartbeat_run(4).await;
+    let err = end.expect_err("the read fails");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    let pings = one_ping_per_interval(&frames);
+    assert!(
+        pings.len() >= 4 + 2,
+        "pings at {pings:?}, given up at {at:?}"
+    );
+    let last_answer = pings[3];
+    let silence = at - last_answer;
+    assert!(
+        silence >= BEAT * 3 && silence <= BEAT * 4,
+        "given up {silence:?} after the last pong; three to four intervals of {BEAT:?} \
+         expected"
+    );
 }
 
 // ---- handshake keys ------------------------------------------------------------

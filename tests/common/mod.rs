@@ -1,8 +1,17 @@
 //! Test harness: a real gateway, real agents and real upstream servers, all on
 //! 127.0.0.1 port 0, each returning only once it is ready, each stopped on drop.
-#![allow(dead_code)]
+//!
+//! - [`process`]: the real binaries as child processes;
+//! - [`wait`]: `eventually!` and the other ways to wait for an event (never for a
+//!   fixed time);
+//! - [`wire`]: yamux and WebSocket frames built and parsed by hand, and a PRNG.
+#![allow(dead_code, unused_imports, unused_macros)]
 
 pub mod process;
+pub mod wait;
+pub mod wire;
+
+pub(crate) use wait::eventually;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -299,15 +308,11 @@ impl TestGateway {
 
     /// Polls until `tunnel` has exactly `n` agents (panics after 10 s).
     pub async fn wait_agents(&self, tunnel: &str, n: usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.agents_of(tunnel) != n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "tunnel {tunnel} never had {n} agents (has {})",
-                self.agents_of(tunnel)
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually!(
+            self.agents_of(tunnel) == n,
+            "tunnel {tunnel} to have {n} agents (has {})",
+            self.agents_of(tunnel)
+        );
     }
 }
 
@@ -387,25 +392,22 @@ pub async fn wait_json(
     what: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer: serde_json::Value = client()
-            .get(url)
-            .send()
-            .await
-            .expect("request")
-            .json()
-            .await
-            .expect("JSON answer");
-        if done(&answer) {
-            return answer;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} did not happen within 10 s; last answer: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut answer: serde_json::Value;
+    eventually!(
+        {
+            answer = client()
+                .get(url)
+                .send()
+                .await
+                .expect("request")
+                .json()
+                .await
+                .expect("JSON answer");
+            done(&answer)
+        },
+        "{what}; last answer: {answer}"
+    );
+    answer
 }
 
 /// An HTTP client with no proxy and no connection reuse surprises.

@@ -1,14 +1,19 @@
 //! The real binaries as child processes: stderr collected line by line, waits that
 //! poll with a deadline (blocking ones for plain tests, async ones for tests whose
 //! runtime also hosts an in-process gateway), signals, exit codes.
+//!
+//! Child processes run on real time, so nothing here can use paused time: every
+//! wait is for an event (a log line, the exit, the end of stderr).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::wait::eventually;
 
 pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_gateway");
 pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_gateway-agent");
@@ -53,6 +58,8 @@ impl Drop for TempDir {
 pub struct Process {
     pub child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Set once stderr reached its end (every line is in `lines`).
+    stderr_done: Arc<AtomicBool>,
 }
 
 impl Process {
@@ -74,13 +81,19 @@ impl Process {
         let mut child = cmd.spawn().expect("spawn binary");
         let stderr = child.stderr.take().expect("stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
+        let stderr_done = Arc::new(AtomicBool::new(false));
+        let (sink, done) = (lines.clone(), stderr_done.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
+            done.store(true, Ordering::SeqCst);
         });
-        Process { child, lines }
+        Process {
+            child,
+            lines,
+            stderr_done,
+        }
     }
 
     /// The gateway binary.
@@ -113,34 +126,20 @@ impl Process {
 
     /// Waits (blocking) for a log line containing `needle`.
     pub fn wait_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(l) = self.find(needle) {
-                return l;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line containing {needle:?}; got:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        eventually!(
+            blocking within WAIT => self.find(needle),
+            "a log line containing {needle:?}; got:\n{}",
+            self.log()
+        )
     }
 
     /// Waits for a log line containing `needle` without blocking the runtime.
     pub async fn wait_line_async(&self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(l) = self.find(needle) {
-                return l;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line containing {needle:?}; got:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually!(
+            within WAIT => self.find(needle),
+            "a log line containing {needle:?}; got:\n{}",
+            self.log()
+        )
     }
 
     /// The address of the gateway's "listening on ADDR" line (text or JSON logs).
@@ -169,41 +168,40 @@ impl Process {
             .map(|s| s.code().unwrap_or(-1))
     }
 
-    /// Waits (blocking) for exit; returns the exit code and how long it took.
-    pub fn wait_exit(&mut self, within: Duration) -> (i32, Duration) {
+    /// Waits (blocking) for exit, then for the rest of its log; returns the exit
+    /// code and how long the exit took. (A panic kills the process on drop.)
+    pub fn wait_exit(&mut self, bound: Duration) -> (i32, Duration) {
         let start = Instant::now();
-        loop {
-            if let Some(code) = self.exited() {
-                // Let the reader thread drain the pipe.
-                std::thread::sleep(Duration::from_millis(50));
-                return (code, start.elapsed());
-            }
-            if start.elapsed() > within {
-                let _ = self.child.kill();
-                panic!(
-                    "process did not exit within {within:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let code = eventually!(
+            blocking within bound => self.exited(),
+            "pid {} to exit; log:\n{}",
+            self.pid(),
+            self.log()
+        );
+        let took = start.elapsed();
+        eventually!(
+            blocking within WAIT => self.stderr_done.load(Ordering::SeqCst),
+            "the end of the stderr of pid {}, which exited",
+            self.pid()
+        );
+        (code, took)
     }
 
-    /// Waits for exit without blocking the runtime; returns the exit code.
-    pub async fn wait_exit_async(&mut self, within: Duration) -> i32 {
-        let start = Instant::now();
-        loop {
-            if let Some(code) = self.exited() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                return code;
-            }
-            assert!(
-                start.elapsed() < within,
-                "process did not exit within {within:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    /// Waits for exit, then for the rest of its log, without blocking the
+    /// runtime; returns the exit code.
+    pub async fn wait_exit_async(&mut self, bound: Duration) -> i32 {
+        let code = eventually!(
+            within bound => self.exited(),
+            "pid {} to exit; log:\n{}",
+            self.pid(),
+            self.log()
+        );
+        eventually!(
+            within WAIT => self.stderr_done.load(Ordering::SeqCst),
+            "the end of the stderr of pid {}, which exited",
+            self.pid()
+        );
+        code
     }
 
     /// A field of /proc/<pid>/status, in KiB.
