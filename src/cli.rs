@@ -15,7 +15,7 @@ use crate::config::{Overrides, Source};
 /// A self-hosted HTTP tunnel: agents dial in over WebSocket, public HTTP requests
 /// are forwarded to them.
 #[derive(Parser, Debug)]
-#[command(name = "gateway", version, about, long_about = None)]
+#[command(name = "gateway", version = crate::VERSION, long_about = None)]
 pub struct GatewayCli {
     /// Path of the TOML config file (without it: built-in defaults, one open tunnel "demo").
     #[arg(long, short, env = "GATEWAY_CONFIG", value_name = "PATH")]
@@ -51,7 +51,7 @@ impl GatewayCli {
 /// Connects to a gateway over WebSocket and forwards the requests it receives to a
 /// local HTTP server; reconnects by itself.
 #[derive(Parser, Debug)]
-#[command(name = "gateway-agent", version, about, long_about = None)]
+#[command(name = "gateway-agent", version = crate::VERSION, long_about = None)]
 pub struct AgentCli {
     /// Gateway WebSocket URL, e.g. ws://127.0.0.1:3000/ws or wss://gw.example.com/ws.
     /// Repeat it for several gateway nodes: the agent keeps one connection to each.

@@ -42,6 +42,14 @@ pub use gateway::Gateway;
 pub use rt::runtime;
 pub use shutdown::Shutdown;
 
+/// The version and the commit the binaries were built from, as `--version` says.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("GATEWAY_COMMIT"),
+    ")"
+);
+
 /// Exit code for a bad configuration (EX_CONFIG).
 pub const EXIT_CONFIG: i32 = 78;
 /// Exit code for bad command-line usage (EX_USAGE).

@@ -78,14 +78,16 @@ pub fn init(config: &LogConfig) -> Result<Telemetry, TelemetryError> {
                 Rotation::Daily => AppenderRotation::DAILY,
                 Rotation::Never => AppenderRotation::NEVER,
             };
-            let appender = RollingFileAppender::builder()
+            let mut builder = RollingFileAppender::builder()
                 .rotation(rotation)
-                .filename_prefix(&config.file)
-                .build(dir)
-                .map_err(|e| TelemetryError::File {
-                    dir: dir.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                .filename_prefix(&config.file);
+            if config.keep > 0 {
+                builder = builder.max_log_files(config.keep);
+            }
+            let appender = builder.build(dir).map_err(|e| TelemetryError::File {
+                dir: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
             let (writer, g) = tracing_appender::non_blocking(appender);
             guard = Some(g);
             Some(match config.format {

@@ -230,3 +230,47 @@ fn a_refused_tunnel_entry_is_not_also_no_tunnels() {
     assert_eq!(p.len(), 1, "{p:?}");
     assert!(p[0].contains("tunnels[0].colour"), "{p:?}");
 }
+
+/// The example's placeholder tokens: a warning while only this machine can reach
+/// the gateway, a refusal (naming the key, not the secret) once it listens on
+/// other addresses.
+#[test]
+fn placeholder_secrets_warn_on_loopback_and_are_refused_elsewhere() {
+    let toml = "[server]\nadmin_token = \"CHANGE-ME-admin\"\n[[tunnels]]\nid = \"a\"\ntoken = \"CHANGE-ME-secret\"\n[[tunnels]]\nid = \"b\"\ntoken = \"a-real-secret\"\n";
+    let c = load(toml, &[], &Overrides::default()).expect("allowed on loopback");
+    let warnings = c.warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("server.admin_token"), "{warnings:?}");
+    assert!(warnings[1].contains("tunnels[0].token"), "{warnings:?}");
+
+    let public = Overrides {
+        host: Some("0.0.0.0".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let p = load(toml, &[], &public)
+        .expect_err("refused on 0.0.0.0")
+        .problems();
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(
+        p.iter()
+            .all(|m| m.contains("0.0.0.0") && !m.contains("CHANGE-ME-secret")),
+        "{p:?}"
+    );
+    let env_public = load(
+        toml,
+        &[("GATEWAY_SERVER__HOST", "192.0.2.1")],
+        &Overrides::default(),
+    );
+    assert!(
+        env_public.is_err(),
+        "an address from the environment counts too"
+    );
+
+    let real = load(
+        "[[tunnels]]\nid = \"a\"\ntoken = \"s3cret\"\n",
+        &[],
+        &public,
+    )
+    .unwrap();
+    assert!(real.warnings().is_empty());
+}

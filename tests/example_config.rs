@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use gateway::config::example::{ExampleKey, scan as scan_example};
 use gateway::config::{
     self, Config, LogConfig, LogFormat, Overrides, Rotation, Secret, ServerConfig, Timeouts,
     TunnelConfig,
@@ -79,7 +80,7 @@ fn example_values_are_the_documented_defaults() {
 }
 
 /// The keys of the config, read from the code itself: a fully populated config
-/// serialized to JSON. A field added to `src/config.rs` shows up here, and the
+/// serialized to JSON. A field added to `src/config/` shows up here, and the
 /// test below then fails until the example documents it.
 fn keys_from_code() -> BTreeMap<&'static str, BTreeSet<String>> {
     let mut c = Config::defaults();
@@ -102,69 +103,6 @@ fn keys_from_code() -> BTreeMap<&'static str, BTreeSet<String>> {
         ("log", keys(&json["log"])),
         ("tunnels", keys(&json["tunnels"][0])),
     ])
-}
-
-/// One key as the example shows it: set, or commented out.
-#[derive(Debug)]
-struct ExampleKey {
-    section: String,
-    key: String,
-    value: String,
-    commented: bool,
-    /// Line index in the file.
-    line: usize,
-    /// The comment block just above the key, joined into one line.
-    doc: String,
-}
-
-/// `key = value` or `# key = value`, where key is a lowercase identifier.
-fn key_line(line: &str) -> Option<(bool, String, String)> {
-    let (commented, rest) = match line.strip_prefix('#') {
-        Some(r) => (true, r.strip_prefix(' ')?),
-        None => (false, line),
-    };
-    let (key, value) = rest.split_once(" = ")?;
-    let is_ident = !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    is_ident.then(|| (commented, key.to_owned(), value.trim().to_owned()))
-}
-
-/// `[server]`, `[[tunnels]]`, `# [[tunnels]]`: the section name.
-fn section_line(line: &str) -> Option<String> {
-    let line = line.strip_prefix("# ").unwrap_or(line).trim();
-    let name = line.strip_prefix('[')?.strip_suffix(']')?;
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    Some(name.to_owned())
-}
-
-fn scan_example(text: &str) -> Vec<ExampleKey> {
-    let mut out = Vec::new();
-    let mut section = String::new();
-    let mut doc = String::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim_end();
-        if let Some(s) = section_line(line) {
-            section = s;
-            doc.clear();
-        } else if let Some((commented, key, value)) = key_line(line) {
-            out.push(ExampleKey {
-                section: section.clone(),
-                key,
-                value,
-                commented,
-                line: i,
-                doc: std::mem::take(&mut doc),
-            });
-        } else if let Some(comment) = line.strip_prefix('#') {
-            doc.push(' ');
-            doc.push_str(comment.trim());
-        } else if line.is_empty() {
-            doc.clear();
-        }
-    }
-    out
 }
 
 #[test]
@@ -190,7 +128,7 @@ fn example_shows_every_key_and_only_known_keys() {
         ),
         (
             "log",
-            &["level", "directory", "file", "rotation", "format"][..],
+            &["level", "directory", "file", "rotation", "keep", "format"][..],
         ),
         (
             "tunnels",
@@ -201,7 +139,7 @@ fn example_shows_every_key_and_only_known_keys() {
         let listed: BTreeSet<String> = keys.iter().map(|k| k.to_string()).collect();
         assert_eq!(
             &listed, &from_code[section],
-            "the keys of [{section}] in src/config.rs changed: update gateway.example.toml and this list"
+            "the keys of [{section}] in src/config/ changed: update gateway.example.toml and this list"
         );
     }
 

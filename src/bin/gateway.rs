@@ -17,6 +17,9 @@ fn main() -> ExitCode {
             return ExitCode::from(gateway::EXIT_CONFIG as u8);
         }
     };
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
     if cli.check {
         let origin = source
             .file

@@ -10,6 +10,8 @@ use super::diagnose::expect_one_of;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Default log file name inside `log.directory`.
 pub const DEFAULT_LOG_FILE: &str = "gateway.log";
+/// Rotated log files kept by default: two weeks of daily files.
+pub const DEFAULT_LOG_KEEP: usize = 14;
 
 /// `[log]`: level, destination and format of the logs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -24,6 +26,8 @@ pub struct LogConfig {
     /// When to start a new file (restart-only).
     #[serde(deserialize_with = "expect_one_of")]
     pub rotation: Rotation,
+    /// Rotated files kept, older ones deleted; 0 keeps all (restart-only).
+    pub keep: usize,
     /// Line format, on stderr and in the file (restart-only).
     #[serde(deserialize_with = "expect_one_of")]
     pub format: LogFormat,
@@ -36,6 +40,7 @@ impl Default for LogConfig {
             directory: None,
             file: DEFAULT_LOG_FILE.to_owned(),
             rotation: Rotation::Daily,
+            keep: DEFAULT_LOG_KEEP,
             format: LogFormat::Text,
         }
     }

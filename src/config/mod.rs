@@ -21,6 +21,7 @@
 //! values, and a test parses that file so it cannot rot.
 
 mod diagnose;
+pub mod example;
 mod log;
 mod server;
 mod timeouts;
@@ -33,14 +34,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::log::{DEFAULT_LOG_FILE, DEFAULT_LOG_LEVEL, LogConfig, LogFormat, Rotation};
+pub use self::log::{
+    DEFAULT_LOG_FILE, DEFAULT_LOG_KEEP, DEFAULT_LOG_LEVEL, LogConfig, LogFormat, Rotation,
+};
 pub use self::server::{DEFAULT_HOST, DEFAULT_PORT, ServerConfig};
 pub use self::timeouts::{
     DEFAULT_DIRECT_TIMEOUT, DEFAULT_FORWARD_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_SHUTDOWN_GRACE,
     Timeouts,
 };
 pub use self::tunnel::TunnelConfig;
-pub use self::validate::is_tunnel_id;
+pub use self::validate::{PLACEHOLDER, is_tunnel_id};
 pub use crate::auth::Secret;
 
 /// The tunnel served when the gateway runs without a config file.
@@ -99,6 +102,7 @@ restart_only!(
     log.directory,
     log.file,
     log.rotation,
+    log.keep,
     log.format,
 );
 

@@ -10,7 +10,41 @@ use super::Config;
 /// tunnel entries were refused (those are not "no tunnels").
 pub(super) const NO_TUNNELS: &str = "no tunnels are configured";
 
+/// How the placeholder secrets of `gateway.example.toml` begin.
+pub const PLACEHOLDER: &str = "CHANGE-ME";
+
 impl Config {
+    /// What is allowed but likely a mistake: placeholder secrets on a listener
+    /// that only this machine can reach (elsewhere they are refused).
+    pub fn warnings(&self) -> Vec<String> {
+        if !self.server.host.is_loopback() {
+            return Vec::new();
+        }
+        self.placeholder_secrets()
+            .map(|key| format!(
+                "{key} is still the example's placeholder ({PLACEHOLDER}...): set a real secret before the gateway listens on a public address"
+            ))
+            .collect()
+    }
+
+    /// The keys whose secret is still one of the example's placeholders.
+    fn placeholder_secrets(&self) -> impl Iterator<Item = String> + '_ {
+        let admin = self
+            .server
+            .admin_token
+            .as_ref()
+            .map(|t| ("server.admin_token".to_owned(), t));
+        let tunnels = self.tunnels.iter().enumerate().filter_map(|(i, t)| {
+            let token = t.token.as_ref()?;
+            Some((format!("tunnels[{i}].token"), token))
+        });
+        admin
+            .into_iter()
+            .chain(tunnels)
+            .filter(|(_, secret)| secret.expose().starts_with(PLACEHOLDER))
+            .map(|(key, _)| key)
+    }
+
     /// Checks what the types cannot: returns every problem found.
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -51,6 +85,14 @@ impl Config {
                 "server.admin_token is empty: remove the key to leave /connections open, or set a secret"
                     .to_owned(),
             );
+        }
+        if !self.server.host.is_loopback() {
+            for key in self.placeholder_secrets() {
+                problems.push(format!(
+                    "{key} is still the example's placeholder ({PLACEHOLDER}...) and server.host = {} is reachable from other machines: set a real secret, such as the output of `openssl rand -hex 32`",
+                    self.server.host
+                ));
+            }
         }
         if self.tunnels.is_empty() {
             problems.push(format!(

@@ -49,6 +49,9 @@ pub async fn run(config: Config, source: Source) -> Result<(), DaemonError> {
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     let telemetry = telemetry::init(&config.log)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     match &source.file {
         Some(path) => tracing::info!(config = %path.display(), "configuration loaded"),
         None => tracing::info!(
@@ -62,7 +65,7 @@ pub async fn run(config: Config, source: Source) -> Result<(), DaemonError> {
     let tunnels = config.tunnel_ids().join(", ");
     let shutdown = Shutdown::new();
     let gateway = Gateway::new(config, &shutdown);
-    tracing::info!(%bound, %tunnels, version = env!("CARGO_PKG_VERSION"), "listening on {bound}");
+    tracing::info!(%bound, %tunnels, version = crate::VERSION, "listening on {bound}");
     systemd::ready(&format!("listening on {bound}"));
     tokio::spawn(systemd::watchdog(shutdown.token()));
 
