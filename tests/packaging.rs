@@ -169,14 +169,35 @@ fn deb_recipe_names_existing_files() {
         .as_str()
         .expect("maintainer-scripts");
     assert!(repo(scripts).join("postinst").is_file());
+    // cargo deb adds debhelper's unit handling where the marker is; units are
+    // enabled, started and restarted through deb-systemd-helper/-invoke only.
+    for script in ["postinst", "postrm"] {
+        let text = read(&format!("{scripts}{script}"));
+        assert_eq!(text.matches("#DEBHELPER#").count(), 1, "{script}");
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.trim_start().starts_with("systemctl")),
+            "{script} calls systemctl itself"
+        );
+    }
     let mut dests = Vec::new();
+    for unit in deb["systemd-units"].as_array().expect("systemd-units") {
+        let name = unit["unit-name"].as_str().expect("unit-name");
+        let dir = unit["unit-scripts"].as_str().expect("unit-scripts");
+        assert!(repo(&format!("{dir}{name}.service")).is_file(), "{name}");
+        assert_eq!(unit["enable"].as_bool(), Some(false), "{name} enabled");
+        assert_eq!(unit["start"].as_bool(), Some(false), "{name} started");
+        dests.push(format!("/usr/lib/systemd/system/{name}.service"));
+    }
     for asset in deb["assets"].as_array().expect("assets") {
         let [src, dest, mode] = asset.as_array().expect("[src, dest, mode]").as_slice() else {
             panic!("an asset is [source, destination, mode]: {asset}");
         };
         let (src, dest) = (src.as_str().unwrap(), dest.as_str().unwrap());
         u32::from_str_radix(mode.as_str().unwrap(), 8).expect("an octal mode");
-        // Binaries are built by `cargo deb` itself; everything else must exist now.
+        // Binaries are built by `cargo deb` itself, man pages and completions by
+        // `cargo xtask assets`; everything else must exist now.
         if !src.starts_with("target/") {
             assert!(repo(src).is_file(), "deb asset {src} does not exist");
         }
@@ -193,8 +214,15 @@ fn deb_recipe_names_existing_files() {
         "/etc/gateway/gateway.toml",
         "/etc/gateway/agent.toml",
         "/etc/gateway/agent.env",
-        "/lib/systemd/system/gateway.service",
-        "/lib/systemd/system/gateway-agent.service",
+        "/usr/lib/systemd/system/gateway.service",
+        "/usr/lib/systemd/system/gateway-agent.service",
+        "/usr/share/man/man8/gateway.8",
+        "/usr/share/man/man8/gateway-agent.8",
+        "/usr/share/man/man5/gateway.toml.5",
+        "/usr/share/bash-completion/completions/gateway",
+        "/usr/share/zsh/vendor-completions/_gateway",
+        "/usr/share/fish/vendor_completions.d/gateway.fish",
+        "/usr/share/lintian/overrides/gateway",
     ] {
         assert!(
             dests.iter().any(|d| d == path),
