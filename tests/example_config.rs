@@ -89,6 +89,7 @@ fn keys_from_code() -> BTreeMap<&'static str, BTreeSet<String>> {
     c.log.directory = Some("/tmp".into());
     c.tunnels[0].token = Some(Secret::new("x"));
     c.tunnels[0].token_sha256 = Some("0".repeat(64));
+    c.tunnels[0].agent_wait = Some(std::time::Duration::from_secs(1));
     let json = serde_json::to_value(&c).expect("config serializes");
     let keys = |v: &Value| -> BTreeSet<String> {
         v.as_object()
@@ -124,7 +125,13 @@ fn example_shows_every_key_and_only_known_keys() {
         ),
         (
             "timeouts",
-            &["forward", "direct", "shutdown_grace", "heartbeat"][..],
+            &[
+                "forward",
+                "direct",
+                "shutdown_grace",
+                "heartbeat",
+                "agent_wait",
+            ][..],
         ),
         (
             "log",
@@ -132,7 +139,14 @@ fn example_shows_every_key_and_only_known_keys() {
         ),
         (
             "tunnels",
-            &["id", "token", "token_sha256", "rewrite_host"][..],
+            &[
+                "id",
+                "token",
+                "token_sha256",
+                "rewrite_host",
+                "agent_wait",
+                "max_waiting",
+            ][..],
         ),
     ]);
     for (section, keys) in &listed {
@@ -204,7 +218,13 @@ fn code_defaults() -> BTreeMap<String, Value> {
         }
     }
     let open = serde_json::to_value(TunnelConfig::open("x")).expect("serializes");
-    for key in ["token", "token_sha256", "rewrite_host"] {
+    for key in [
+        "token",
+        "token_sha256",
+        "rewrite_host",
+        "agent_wait",
+        "max_waiting",
+    ] {
         out.insert(
             format!("tunnels.{key}"),
             open.get(key).cloned().unwrap_or(Value::Null),

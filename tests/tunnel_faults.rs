@@ -56,7 +56,9 @@ async fn agent_killed_mid_request_gives_502_quickly() {
 
     let c = client();
     let url = gw.url("/slow?ms=20000");
-    let request = tokio::spawn(async move { c.get(url).send().await });
+    // A POST with a body: the upstream may have acted on it, so it is never
+    // sent again (an idempotent request would be: tests/no_request_lost.rs).
+    let request = tokio::spawn(async move { c.post(url).body("order #1").send().await });
     wait_in_flight(&gw, "demo", 1).await;
 
     agent.kill();

@@ -88,9 +88,23 @@ pub(crate) mod duration {
     pub(crate) use humantime_serde::serialize;
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        humantime_serde::deserialize(d).map_err(|_: D::Error| {
-            de::Error::custom("expected a duration such as \"5s\", \"500ms\" or \"1m 30s\"")
-        })
+        humantime_serde::deserialize(d).map_err(|_: D::Error| de::Error::custom(EXPECTED))
+    }
+
+    const EXPECTED: &str = "expected a duration such as \"5s\", \"500ms\" or \"1m 30s\"";
+
+    /// The same, for an optional key.
+    pub(crate) mod option {
+        use super::*;
+
+        pub(crate) use humantime_serde::option::serialize;
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            humantime_serde::option::deserialize(d)
+                .map_err(|_: D::Error| de::Error::custom(EXPECTED))
+        }
     }
 }
 

@@ -39,10 +39,10 @@ pub use self::log::{
 };
 pub use self::server::{DEFAULT_HOST, DEFAULT_PORT, ServerConfig};
 pub use self::timeouts::{
-    DEFAULT_DIRECT_TIMEOUT, DEFAULT_FORWARD_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_SHUTDOWN_GRACE,
-    Timeouts,
+    DEFAULT_AGENT_WAIT, DEFAULT_DIRECT_TIMEOUT, DEFAULT_FORWARD_TIMEOUT, DEFAULT_HEARTBEAT,
+    DEFAULT_SHUTDOWN_GRACE, Timeouts,
 };
-pub use self::tunnel::TunnelConfig;
+pub use self::tunnel::{DEFAULT_MAX_WAITING, TunnelConfig};
 pub use self::validate::{PLACEHOLDER, is_tunnel_id};
 pub use crate::auth::Secret;
 
@@ -286,6 +286,11 @@ impl Config {
     /// The tunnel with this ID.
     pub fn tunnel(&self, id: &str) -> Option<&TunnelConfig> {
         self.tunnels.iter().find(|t| t.id == id)
+    }
+
+    /// How long a request of `tunnel` waits for an agent.
+    pub fn agent_wait(&self, tunnel: &TunnelConfig) -> std::time::Duration {
+        tunnel.agent_wait.unwrap_or(self.timeouts.agent_wait)
     }
 
     /// The tunnel for requests that name none: `server.default_tunnel`, or the only one.

@@ -14,6 +14,9 @@ pub const DEFAULT_DIRECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How often the gateway pings an agent; three missed intervals end the session.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// How long a request whose tunnel has no agent waits for one to connect: long
+/// enough for an agent to restart or reconnect after a blip.
+pub const DEFAULT_AGENT_WAIT: Duration = Duration::from_secs(5);
 
 /// `[timeouts]`: how long the gateway waits, for what.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -31,6 +34,10 @@ pub struct Timeouts {
     /// Interval of WebSocket pings to agents; silence for three intervals ends a session.
     #[serde(with = "duration")]
     pub heartbeat: Duration,
+    /// How long a request whose tunnel has no agent waits for one (counted in
+    /// its own timeout); 0: 503 at once. Tunnels may set their own.
+    #[serde(with = "duration")]
+    pub agent_wait: Duration,
 }
 
 impl Default for Timeouts {
@@ -40,6 +47,7 @@ impl Default for Timeouts {
             direct: DEFAULT_DIRECT_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             heartbeat: DEFAULT_HEARTBEAT,
+            agent_wait: DEFAULT_AGENT_WAIT,
         }
     }
 }

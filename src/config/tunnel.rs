@@ -1,9 +1,16 @@
 //! `[[tunnels]]`: the tunnels agents may serve, with their credentials and, as
 //! the access policy grows, who may reach them.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
+use super::diagnose::duration;
 use crate::auth::{Secret, digest_matches, secret_matches};
+
+/// Requests that may wait for an agent of one tunnel at a time, by default;
+/// beyond it they get 503 at once.
+pub const DEFAULT_MAX_WAITING: usize = 256;
 
 /// `[[tunnels]]`: one tunnel that agents may serve.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -22,6 +29,20 @@ pub struct TunnelConfig {
     /// Send the agent's upstream address as Host instead of the public one.
     #[serde(default)]
     pub rewrite_host: bool,
+    /// This tunnel's `timeouts.agent_wait`, when it differs.
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub agent_wait: Option<Duration>,
+    /// Requests that may wait for an agent at a time; beyond it, 503 at once.
+    #[serde(default = "default_max_waiting")]
+    pub max_waiting: usize,
+}
+
+fn default_max_waiting() -> usize {
+    DEFAULT_MAX_WAITING
 }
 
 impl TunnelConfig {
@@ -32,6 +53,8 @@ impl TunnelConfig {
             token: None,
             token_sha256: None,
             rewrite_host: false,
+            agent_wait: None,
+            max_waiting: DEFAULT_MAX_WAITING,
         }
     }
 

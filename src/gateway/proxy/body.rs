@@ -1,6 +1,7 @@
-//! Response bodies on their way to the client: streamed frame by frame, never
-//! buffered, with the request counted as in flight on its agent until the last
-//! frame.
+//! Bodies, streamed frame by frame and never buffered: the client's request body
+//! on its way upstream ([`RequestBody`], or nothing for a request sent again),
+//! and the response body on its way to the client, with the request counted as
+//! in flight on its agent until its last frame ([`TrackedBody`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,6 +12,44 @@ use hyper::body::{Frame, Incoming, SizeHint};
 
 use super::super::registry::{IdleHolder, InFlight};
 use super::pool::BoundSlot;
+
+/// What goes upstream as a request's body: the client's, or none (a request
+/// without a body, sent again to another agent after the first failed).
+pub(crate) enum RequestBody {
+    /// The client's body, as it arrives.
+    Client(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Client(body) => body.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Client(body) => body.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
 
 /// The upstream's response body, passed through frame by frame. While it lives the
 /// request counts as in flight on its agent; when it ends, a bound stream to an

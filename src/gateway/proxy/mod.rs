@@ -20,6 +20,7 @@ mod pool;
 pub(crate) mod upgrade;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -27,6 +28,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
+use self::body::RequestBody;
 pub(crate) use self::pool::BoundSlot;
 use super::error::{ErrorKind, wants_json};
 use super::observe::{Outcome, observe};
@@ -118,9 +120,22 @@ async fn proxy(
         Kind::Direct => config.timeouts.direct,
         Kind::Forward => config.timeouts.forward,
     };
-    let sent = send(state, ctx, tunnel, req, original_host, upgrade);
+    // Whether an agent was found: a request whose time runs out while it waits
+    // for one is told that no agent is there, not that the upstream was slow.
+    let found = AtomicBool::new(false);
+    let target = Target {
+        state,
+        ctx,
+        tunnel,
+        wait: config.agent_wait(tunnel),
+        upgrade,
+    };
+    let sent = send(&target, req, original_host, &found);
     let (resp, bound, in_flight) = match tokio::time::timeout(timeout, sent).await {
         Ok(result) => result?,
+        Err(_) if !found.load(Ordering::Relaxed) => {
+            return Err(ErrorKind::NoAgent(tunnel.id.clone()));
+        }
         Err(_) => return Err(ErrorKind::Timeout(timeout)),
     };
     let agent = bound.agent.clone();
@@ -153,36 +168,90 @@ fn route<'c>(
 
 /// Acquire and send: the request on a stream to one of the tunnel's agents, until
 /// the response head is back.
+///
+/// A request that fails before any byte of its response came back is sent once
+/// more, to another agent when there is one (or to one that connects within the
+/// wait), when that is safe: hyper handed it back unsent (the stream was closed
+/// or refused before the upstream saw anything: a keep-alive stream the upstream
+/// just closed, an agent that just went away), or it is idempotent and had no
+/// body. Never a request whose upstream may have acted on it.
 async fn send(
-    state: &Arc<State>,
-    ctx: &ConnCtx,
-    tunnel: &TunnelConfig,
-    mut req: Request<Incoming>,
+    target: &Target<'_>,
+    req: Request<Incoming>,
     original_host: Option<HeaderValue>,
-    upgrade: bool,
+    found: &AtomicBool,
 ) -> Result<(Response<Incoming>, pool::Bound, InFlight), ErrorKind> {
-    // One retry: a reused keep-alive stream may have been closed by the upstream
-    // just as we picked it; hyper then hands the request back unsent.
-    for _ in 0..2 {
-        let (mut bound, fresh) = pool::acquire(state, ctx, &tunnel.id, upgrade).await?;
-        let rewrite_to = tunnel
+    let replay = Replay::of(&req);
+    let mut req = req.map(RequestBody::Client);
+    let mut failed_on: Option<String> = None;
+    loop {
+        let mut bound = pool::acquire(target, failed_on.as_deref()).await?;
+        found.store(true, Ordering::Relaxed);
+        let rewrite_to = target
+            .tunnel
             .rewrite_host
             .then(|| bound.agent.upstream.as_deref())
             .flatten();
         headers::set_host(req.headers_mut(), rewrite_to, original_host.as_ref());
         let in_flight = bound.agent.begin_request();
-        match bound.sender.try_send_request(req).await {
+        let mut failed = match bound.sender.try_send_request(req).await {
             Ok(resp) => return Ok((resp, bound, in_flight)),
-            Err(mut e) => match e.take_message() {
-                Some(back) if !fresh => req = back,
-                _ => {
-                    tracing::warn!(error = %e.into_error(), agent = %bound.agent.connection_id, "upstream request failed");
-                    return Err(ErrorKind::AgentLost);
-                }
-            },
+            Err(failed) => failed,
+        };
+        let again = failed
+            .take_message()
+            .or_else(|| replay.as_ref().map(Replay::request));
+        let error = failed.into_error();
+        let agent = &bound.agent.connection_id;
+        match again {
+            Some(again) if failed_on.is_none() => {
+                tracing::debug!(%error, %agent, "upstream request failed before an answer; sending it again");
+                failed_on = Some(agent.clone());
+                req = again;
+            }
+            _ => {
+                tracing::warn!(%error, %agent, "upstream request failed");
+                return Err(ErrorKind::AgentLost);
+            }
         }
     }
-    Err(ErrorKind::AgentLost)
+}
+
+/// Where a request goes: the tunnel, how long to wait for one of its agents, and
+/// whether it asks for an upgrade (then its stream is its own).
+pub(crate) struct Target<'a> {
+    pub(crate) state: &'a Arc<State>,
+    pub(crate) ctx: &'a ConnCtx,
+    pub(crate) tunnel: &'a TunnelConfig,
+    pub(crate) wait: std::time::Duration,
+    pub(crate) upgrade: bool,
+}
+
+/// The head of a request that may be sent again after its agent failed: an
+/// idempotent method (RFC 9110 section 9.2.2) without a body.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn of(req: &Request<Incoming>) -> Option<Replay> {
+        use hyper::body::Body as _;
+        (req.method().is_idempotent() && req.body().is_end_stream()).then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(&self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::Empty);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
 }
 
 /// Respond: the upstream's answer, its body streamed to the client.

@@ -6,13 +6,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use super::super::error::ErrorKind;
-use super::super::registry::{Agent, IdleHolder};
-use super::super::{ConnCtx, State};
+use super::super::registry::{Agent, IdleHolder, NoAgent};
+use super::Target;
+use super::body::RequestBody;
 
 /// The upstream connection bound to one public connection.
 #[derive(Default)]
@@ -22,7 +22,7 @@ pub struct BoundSlot(Mutex<Option<Bound>>);
 pub(crate) struct Bound {
     tunnel: String,
     pub(crate) agent: Arc<Agent>,
-    pub(crate) sender: SendRequest<Incoming>,
+    pub(crate) sender: SendRequest<RequestBody>,
 }
 
 impl BoundSlot {
@@ -58,23 +58,37 @@ impl IdleHolder for BoundSlot {
 }
 
 /// A sender to the tunnel's upstream: the one bound to this connection when it can
-/// be reused, else a new stream on the least busy agent. `true` when new.
-pub(crate) async fn acquire(
-    state: &Arc<State>,
-    ctx: &ConnCtx,
-    tunnel: &str,
-    upgrade: bool,
-) -> Result<(Bound, bool), ErrorKind> {
+/// be reused, else a new stream on the least busy agent (other than `avoid`, the
+/// one a first attempt failed on, when there is another), waiting up to `wait`
+/// for an agent when none is connected.
+pub(crate) async fn acquire(target: &Target<'_>, avoid: Option<&str>) -> Result<Bound, ErrorKind> {
+    let Target {
+        state,
+        ctx,
+        tunnel,
+        wait,
+        upgrade,
+    } = *target;
     if !upgrade
-        && let Some(mut bound) = ctx.bound.take_for(tunnel)
+        && avoid.is_none()
+        && let Some(mut bound) = ctx.bound.take_for(&tunnel.id)
         && bound.sender.ready().await.is_ok()
     {
-        return Ok((bound, false));
+        return Ok(bound);
     }
     let agent = state
         .registry
-        .select(tunnel)
-        .ok_or_else(|| ErrorKind::NoAgent(tunnel.to_owned()))?;
+        .wait_for_agent(&tunnel.id, avoid, wait, tunnel.max_waiting)
+        .await
+        .map_err(|why| {
+            if why == NoAgent::TooManyWaiting {
+                tracing::warn!(
+                    max_waiting = tunnel.max_waiting,
+                    "too many requests wait for an agent of this tunnel"
+                );
+            }
+            ErrorKind::NoAgent(tunnel.id.clone())
+        })?;
     let mut stream = agent.session.open().await.map_err(|e| {
         tracing::warn!(error = %e, agent = %agent.connection_id, "cannot open a stream");
         ErrorKind::AgentLost
@@ -102,12 +116,9 @@ pub(crate) async fn acquire(
         let slot: Arc<dyn IdleHolder> = ctx.bound.clone();
         agent.watch_idle(Arc::downgrade(&slot));
     }
-    Ok((
-        Bound {
-            tunnel: tunnel.to_owned(),
-            agent,
-            sender,
-        },
-        true,
-    ))
+    Ok(Bound {
+        tunnel: tunnel.id.clone(),
+        agent,
+        sender,
+    })
 }
