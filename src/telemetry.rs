@@ -37,23 +37,49 @@ pub enum TelemetryError {
     /// Another logger was installed first.
     #[error("a global logger is already installed")]
     AlreadyInstalled,
+    /// The level or filter is not one.
+    #[error(
+        "log level {level:?} is invalid ({reason}): expected error, warn, info, debug, trace or a filter like \"gateway=debug,info\""
+    )]
+    Filter {
+        /// What was given.
+        level: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
-/// The filter: `RUST_LOG` when set, else the configured level.
-fn filter_for(level: &str) -> (EnvFilter, bool) {
-    match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => match EnvFilter::try_new(&v) {
-            Ok(f) => (f, true),
-            Err(_) => (EnvFilter::new(level), false),
-        },
-        _ => (EnvFilter::new(level), false),
+/// Parses a level or filter ("info", "gateway=debug,info"). Only ASCII is
+/// accepted: tracing-subscriber's parser panics on some other input (found by
+/// fuzzing the configuration), and no target, level or field name needs more.
+pub fn parse_filter(spec: &str) -> Result<EnvFilter, String> {
+    if !spec.is_ascii() {
+        return Err("only ASCII characters are allowed".to_owned());
     }
+    EnvFilter::builder().parse(spec).map_err(|e| e.to_string())
+}
+
+/// The filter: `RUST_LOG` when it is set and valid, else the configured level.
+fn filter_for(level: &str) -> Result<(EnvFilter, bool), TelemetryError> {
+    if let Ok(v) = std::env::var("RUST_LOG")
+        && !v.is_empty()
+    {
+        match parse_filter(&v) {
+            Ok(f) => return Ok((f, true)),
+            Err(reason) => eprintln!("warning: RUST_LOG is ignored, it is invalid ({reason})"),
+        }
+    }
+    let filter = parse_filter(level).map_err(|reason| TelemetryError::Filter {
+        level: level.to_owned(),
+        reason,
+    })?;
+    Ok((filter, false))
 }
 
 /// Installs the global subscriber. `name` is the program, used in the file name
 /// default and nothing else.
 pub fn init(config: &LogConfig) -> Result<Telemetry, TelemetryError> {
-    let (filter, from_env) = filter_for(&config.level);
+    let (filter, from_env) = filter_for(&config.level)?;
     let (filter, handle) = reload::Layer::new(filter);
 
     let ansi = std::io::stderr().is_terminal();
@@ -123,7 +149,7 @@ impl Telemetry {
         if self.from_env {
             return;
         }
-        if let Ok(filter) = EnvFilter::try_new(level) {
+        if let Ok(filter) = parse_filter(level) {
             let _ = self.filter.reload(filter);
         }
     }

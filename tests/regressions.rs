@@ -88,3 +88,60 @@ async fn gateway_names_a_non_ascii_tunnel_unknown() {
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert!(answer.contains("unknown tunnel 'dëmo'"), "{answer}");
 }
+
+/// A log level with a leading space and a non-ASCII character before a `[`:
+/// tracing-subscriber's filter parser (0.3.23) slices the untrimmed string at
+/// offsets it counted in the trimmed one, and panics. Found by the `config`
+/// fuzz target through `GATEWAY_LOG__LEVEL`.
+const PANICKING_FILTER: &str = " é[x";
+
+/// config: the level is refused with a clear problem, from the file, the
+/// environment or the flag alike; nothing panics.
+#[test]
+fn a_log_level_that_crashed_the_filter_parser_is_refused() {
+    use gateway::config::{Config, Overrides};
+    let env = std::collections::BTreeMap::from([(
+        "GATEWAY_LOG__LEVEL".to_owned(),
+        PANICKING_FILTER.to_owned(),
+    )]);
+    let problems = Config::load_str(Some(""), None, &env, &Overrides::default())
+        .expect_err("refused")
+        .problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("log.level") && p.contains("ASCII")),
+        "{problems:?}"
+    );
+    let flag = Overrides {
+        log_level: Some(PANICKING_FILTER.to_owned()),
+        ..Overrides::default()
+    };
+    assert!(Config::load_str(None, None, &Default::default(), &flag).is_err());
+}
+
+/// config: the agent's `--log-level` goes through the same check: exit 78 with
+/// one line, not a panic.
+#[test]
+fn the_agent_refuses_such_a_log_level() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-agent"))
+        .args(["--gateway", "ws://127.0.0.1:9/ws", "--tunnel", "t"])
+        .args(["--upstream", "8000", "--log-level", PANICKING_FILTER])
+        .output()
+        .expect("the agent runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(gateway::EXIT_CONFIG), "{stderr}");
+    assert!(stderr.starts_with("error: log level"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// config: and `RUST_LOG`, which is not ours to refuse, is ignored with a
+/// warning: the gateway starts on its configured level.
+#[test]
+fn such_a_rust_log_is_ignored_with_a_warning() {
+    let gw = process::Process::gateway(&["--port", "0"], &[("RUST_LOG", PANICKING_FILTER)]);
+    let _ = gw.addr();
+    let log = gw.log();
+    assert!(log.contains("RUST_LOG is ignored"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}

@@ -59,7 +59,7 @@ impl Config {
                 ));
             }
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+        if let Err(e) = crate::telemetry::parse_filter(&self.log.level) {
             problems.push(format!(
                 "log.level = {:?} is invalid ({e}): expected error, warn, info, debug, trace or a filter like \"gateway=debug,info\"",
                 self.log.level
