@@ -274,3 +274,32 @@ fn placeholder_secrets_warn_on_loopback_and_are_refused_elsewhere() {
     .unwrap();
     assert!(real.warnings().is_empty());
 }
+
+/// A key set by a `GATEWAY_*` variable is blamed on the variable, so that a
+/// person does not search the file for a value it does not hold.
+#[test]
+fn a_bad_environment_variable_is_named() {
+    let p = load(
+        BASE,
+        &[
+            ("GATEWAY_SERVER__PORT", "eighty"),
+            ("GATEWAY_TIMEOUTS__DIRCT", "5s"),
+        ],
+        &Overrides::default(),
+    )
+    .expect_err("refused")
+    .problems();
+    assert!(
+        p.iter()
+            .any(|m| m.contains("server.port") && m.contains("(set by GATEWAY_SERVER__PORT)")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|m| m.contains("timeouts.dirct") && m.contains("(set by GATEWAY_TIMEOUTS__DIRCT)")),
+        "{p:?}"
+    );
+    // A bad value in the file is the file's.
+    let p = problems("[server]\nport = \"eighty\"\n[[tunnels]]\nid = \"a\"\n");
+    assert!(!p[0].contains("set by"), "{p:?}");
+}

@@ -320,10 +320,28 @@ async fn sighup_reloads_tunnels() {
     let ok = gateway::agent::connect(&agent_for(addr, "two", &up.url())).await;
     assert!(ok.is_ok(), "tunnel two accepted after reload");
 
-    // A broken file is refused and the running configuration kept.
-    dir.write("g.toml", "[[tunnels]]\nid = \"BAD\"\n");
+    // A broken file is refused and the running configuration kept; each
+    // problem is an error line of its own.
+    dir.write(
+        "g.toml",
+        "[timeouts]\ndirect = \"soon\"\n[[tunnels]]\nid = \"BAD\"\n",
+    );
     d.signal("HUP");
     d.wait_line("reload failed; keeping the running configuration");
+    let log = d.log();
+    let problems: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("the new configuration is invalid"))
+        .collect();
+    assert_eq!(problems.len(), 2, "{log}");
+    assert!(
+        problems.iter().any(|l| l.contains("timeouts.direct")),
+        "{log}"
+    );
+    assert!(
+        problems.iter().any(|l| l.contains("tunnels[0].id")),
+        "{log}"
+    );
     let resp = client()
         .get(format!("http://{addr}/health"))
         .send()

@@ -136,11 +136,48 @@ pub(crate) fn describe(e: &config::ConfigError) -> String {
     }
 }
 
+/// The keys the `GATEWAY_*` environment set, with the variable that set each: a
+/// problem with such a key blames the variable, not the file.
+#[derive(Debug, Default)]
+pub(crate) struct EnvKeys(BTreeMap<(String, String), String>);
+
+impl EnvKeys {
+    /// From the variables of the environment layer (`GATEWAY_SECTION__KEY`).
+    pub(crate) fn new<'a>(
+        names: impl Iterator<Item = &'a String>,
+        prefix: &str,
+        sep: &str,
+    ) -> Self {
+        let keys = names.filter_map(|name| {
+            let (section, key) = name.strip_prefix(prefix)?.split_once(sep)?;
+            Some(((section.to_lowercase(), key.to_lowercase()), name.clone()))
+        });
+        EnvKeys(keys.collect())
+    }
+
+    /// ` (set by GATEWAY_...)` when the environment set a key of `section`.
+    pub(crate) fn blame_section(&self, section: &str) -> String {
+        self.blame(section, None)
+    }
+
+    /// ` (set by GATEWAY_...)` when the environment set `section.key` (or, with
+    /// no key, any key of `section`), else nothing.
+    fn blame(&self, section: &str, key: Option<&str>) -> String {
+        let var = self
+            .0
+            .iter()
+            .find(|((s, k), _)| s == section && key.is_none_or(|key| k == key));
+        var.map(|(_, var)| format!(" (set by {var})"))
+            .unwrap_or_default()
+    }
+}
+
 /// Deserializes section `name` of `map` (its defaults when absent), reporting
 /// unknown and bad keys into `problems`.
 pub(crate) fn section<T>(
     map: &BTreeMap<String, config::Value>,
     name: &str,
+    env: &EnvKeys,
     problems: &mut Vec<String>,
 ) -> T
 where
@@ -153,7 +190,7 @@ where
         problems.push(format!("{name} must be a table ([{name}])"));
         return T::default();
     };
-    match table_of::<T>(name, value, &table) {
+    match table_of::<T>(name, value, &table, env) {
         Ok(v) => v,
         Err(found) => {
             problems.extend(found);
@@ -177,7 +214,7 @@ pub(crate) fn tunnels(
     for (i, item) in list.iter().enumerate() {
         let name = format!("tunnels[{i}]");
         let found = match item.clone().into_table() {
-            Ok(table) => table_of::<TunnelConfig>(&name, item, &table),
+            Ok(table) => table_of::<TunnelConfig>(&name, item, &table, &EnvKeys::default()),
             Err(_) => Err(vec![format!("{name} must be a table with an id")]),
         };
         match found {
@@ -196,12 +233,13 @@ fn table_of<T: for<'de> Deserialize<'de>>(
     name: &str,
     value: &config::Value,
     table: &config::Map<String, config::Value>,
+    env: &EnvKeys,
 ) -> Result<T, Vec<String>> {
     let known = fields_of::<T>();
     let unknown: Vec<String> = table
         .keys()
         .filter(|k| !known.contains(&k.as_str()))
-        .map(|k| unknown_key(name, k, known))
+        .map(|k| unknown_key(name, k, known) + &env.blame(name, Some(k)))
         .collect();
     if !unknown.is_empty() {
         return Err(unknown);
@@ -209,7 +247,7 @@ fn table_of<T: for<'de> Deserialize<'de>>(
     value
         .clone()
         .try_deserialize::<T>()
-        .map_err(|e| bad_keys::<T>(name, table, &e))
+        .map_err(|e| bad_keys::<T>(name, table, &e, env))
 }
 
 /// Finds which keys of a table that failed to deserialize are at fault, by trying
@@ -219,14 +257,16 @@ fn bad_keys<T: for<'de> Deserialize<'de>>(
     section: &str,
     table: &config::Map<String, config::Value>,
     whole: &config::ConfigError,
+    env: &EnvKeys,
 ) -> Vec<String> {
     let mut found = Vec::new();
     for (key, value) in table {
         let alone = config::Map::from([(key.clone(), value.clone())]);
         if let Err(e) = config::Value::from(alone).try_deserialize::<T>() {
             found.push(format!(
-                "{section}.{key} = {} is invalid: {}",
+                "{section}.{key} = {}{} is invalid: {}",
                 show_value(value),
+                env.blame(section, Some(key)),
                 describe(&e)
             ));
         }

@@ -237,13 +237,14 @@ impl Config {
             .map_err(|e| invalid(vec![diagnose::describe(&e)]))?;
 
         let mut problems = Vec::new();
+        let from_env = diagnose::EnvKeys::new(env_layer(env).keys(), ENV_PREFIX, ENV_SEPARATOR);
         let known = diagnose::fields_of::<Config>();
         for key in map.keys().filter(|k| !known.contains(&k.as_str())) {
-            problems.push(diagnose::unknown_key("", key, known));
+            problems.push(diagnose::unknown_key("", key, known) + &from_env.blame_section(key));
         }
-        let server = diagnose::section(&map, "server", &mut problems);
-        let timeouts = diagnose::section(&map, "timeouts", &mut problems);
-        let log = diagnose::section(&map, "log", &mut problems);
+        let server = diagnose::section(&map, "server", &from_env, &mut problems);
+        let timeouts = diagnose::section(&map, "timeouts", &from_env, &mut problems);
+        let log = diagnose::section(&map, "log", &from_env, &mut problems);
         let (tunnels, refused) = match map.get("tunnels") {
             None if toml_text.is_none() => (vec![TunnelConfig::open(DEMO_TUNNEL)], 0),
             None => (Vec::new(), 0),

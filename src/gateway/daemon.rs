@@ -117,6 +117,13 @@ fn reload(source: &Source, gateway: &Gateway, telemetry: &Telemetry) {
             );
             systemd::status("configuration reloaded");
         }
-        Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
+        Err(e) => {
+            // One line per problem, each at error level, so that a search for
+            // the level finds every one.
+            for problem in e.problems() {
+                tracing::error!(%problem, "the new configuration is invalid");
+            }
+            tracing::error!("reload failed; keeping the running configuration");
+        }
     }
 }
