@@ -98,6 +98,12 @@ pub(crate) fn start(state: &Arc<State>, accepted: Accepted, on_upgrade: OnUpgrad
                     tokio::select! {
                         _ = shutdown.stopped() => {}
                         _ = agent.evicted.notified() => tracing::info!("tunnel revoked by reload; closing agent session"),
+                        _ = agent.session.ids_running_out() => {
+                            // Before they are gone: the agent reconnects with a
+                            // new session, and requests wait for it meanwhile.
+                            agent.set_draining();
+                            tracing::info!("stream IDs running out; closing agent session so that the agent reconnects");
+                        }
                         _ = watch_drain => {}
                     }
                 }

@@ -78,6 +78,12 @@ impl SessionHandle {
         self.shared.is_refusing()
     }
 
+    /// Resolves once this session's stream IDs are running out: the gateway then
+    /// drains and closes it, and the agent reconnects with a fresh one.
+    pub async fn ids_running_out(&self) {
+        self.shared.ids_running_out().await
+    }
+
     /// Whether the agent announced that it is leaving.
     pub fn peer_draining(&self) -> bool {
         self.peer.draining.load(Ordering::Acquire)
@@ -92,5 +98,38 @@ impl SessionHandle {
             }
             notified.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::transport::mux::IDS_LOW_WATER;
+    use crate::transport::{Role, Session, WsIo, close_code};
+
+    /// A session says when its stream IDs run low, once a stream is opened past
+    /// the mark, and not before; it still opens streams (closing it is the
+    /// gateway's decision).
+    #[tokio::test(start_paused = true)]
+    async fn a_session_says_when_its_ids_run_low() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (client, handle) =
+            Session::client(WsIo::new(a, Role::Client, None, close_code::NORMAL));
+        let server = Session::server(WsIo::new(b, Role::Server, None, close_code::NORMAL), drop);
+        let grace = Duration::from_secs(1);
+        tokio::spawn(client.run(std::future::pending(), grace));
+        tokio::spawn(server.run(std::future::pending(), grace));
+
+        handle.shared.skip_ids_to(IDS_LOW_WATER - 4);
+        let _first = handle.open().await.expect("open");
+        let early = tokio::time::timeout(Duration::from_secs(1), handle.ids_running_out()).await;
+        assert!(early.is_err(), "said so before the mark");
+        let _second = handle.open().await.expect("open");
+        tokio::time::timeout(Duration::from_secs(1), handle.ids_running_out())
+            .await
+            .expect("said so once past the mark");
+        assert!(handle.open().await.is_ok(), "still opens");
     }
 }

@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
 use bytes::BytesMut;
+use tokio::sync::Notify;
 
 use self::frame::TYPE_GO_AWAY;
 pub use self::frame::{GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, MuxError};
@@ -66,6 +67,11 @@ pub(crate) const COPY_BELOW: usize = MAX_DATA_FRAME;
 /// agent's CPU on 1 MiB responses).
 pub(crate) const OUTPUT_HIGH: usize = 4 * protocol::WRITE_BATCH;
 
+/// Once the next stream ID passes this, a client session is running out of IDs
+/// (2^31 in all): the gateway drains it so that the agent reconnects with a new
+/// session well before the last ID, with about half a million streams to spare.
+pub(crate) const IDS_LOW_WATER: u32 = u32::MAX - (1 << 20);
+
 /// Which end of the session this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -82,6 +88,9 @@ pub(crate) struct Shared {
     /// No new streams: our drain, or the peer's go-away.
     refusing: AtomicBool,
     count: Arc<StreamCount>,
+    /// The stream IDs are running out (see [`IDS_LOW_WATER`]).
+    ids_low: AtomicBool,
+    ids_low_notify: Notify,
 }
 
 impl Shared {
@@ -105,6 +114,8 @@ impl Shared {
             ended: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
             count: Arc::default(),
+            ids_low: AtomicBool::new(false),
+            ids_low_notify: Notify::new(),
         })
     }
 
@@ -129,8 +140,32 @@ impl Shared {
         if inner.refuse_new {
             self.refusing.store(true, Ordering::Release);
         }
+        let ids_low = inner.next_id >= IDS_LOW_WATER;
         drop(inner);
+        if ids_low && !self.ids_low.swap(true, Ordering::AcqRel) {
+            self.ids_low_notify.notify_waiters();
+        }
         Ok(StreamIo::new(self.clone(), opened?))
+    }
+
+    /// Resolves once the stream IDs are running out: the session should be
+    /// drained and closed, so that the peer reconnects with a new one.
+    pub(crate) async fn ids_running_out(&self) {
+        loop {
+            let notified = self.ids_low_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.ids_low.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Skips stream IDs, as if that many streams had been opened (tests only).
+    #[cfg(test)]
+    pub(crate) fn skip_ids_to(&self, next_id: u32) {
+        self.lock().next_id = next_id;
     }
 
     /// Opens nothing new and accepts nothing new.
