@@ -105,7 +105,6 @@ impl SessionHandle {
 mod tests {
     use std::time::Duration;
 
-    use super::*;
     use crate::transport::mux::IDS_LOW_WATER;
     use crate::transport::{Role, Session, WsIo, close_code};
 
