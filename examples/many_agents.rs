@@ -126,6 +126,7 @@ async fn run(args: Args) -> ExitCode {
         token: args.token.clone().map(Secret::new),
         upstream: args.upstream.clone(),
         grace: CLOSE_GRACE,
+        wait_upstream: false,
     });
     let upstream = match Upstream::parse(&cfg.upstream) {
         Ok(u) => u,

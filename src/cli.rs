@@ -75,6 +75,10 @@ pub struct AgentCli {
     /// Log level or filter; RUST_LOG wins when set.
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
+    /// At start, wait until the upstream accepts connections before serving the
+    /// tunnel, so that an app that starts slower than its agent gets no 502s.
+    #[arg(long)]
+    pub wait_upstream: bool,
 }
 
 impl AgentCli {
@@ -87,6 +91,7 @@ impl AgentCli {
             upstream: self.upstream.clone(),
             config: self.config.clone(),
             grace: self.grace,
+            wait_upstream: self.wait_upstream,
         }
     }
 }

@@ -41,6 +41,7 @@ fn agent_for(addr: SocketAddr, tunnel: &str, upstream: &str) -> AgentConfig {
         token: None,
         upstream: upstream.into(),
         grace: Duration::from_secs(5),
+        wait_upstream: false,
     }
 }
 

@@ -249,3 +249,43 @@ async fn a_get_in_flight_on_a_killed_agent_is_answered_by_another() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "slow done ");
 }
+
+/// `--wait-upstream`: an agent that starts before its app does not serve the
+/// tunnel until the app accepts connections, so requests meanwhile wait for it
+/// instead of getting the agent's 502.
+#[tokio::test]
+async fn an_agent_waits_for_its_upstream() {
+    let gw = TestGateway::start_default().await;
+    // An address where the app will listen, with nothing there yet.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut cfg = agent_config(&gw, "demo", None, &format!("http://{addr}"));
+    cfg.wait_upstream = true;
+    let stop = gateway::Shutdown::new();
+    let agent = tokio::spawn(gateway::agent::run(cfg, stop.token()));
+
+    let url = gw.url("/about");
+    let request = tokio::spawn(async move { client().get(url).send().await });
+    eventually!(waiting(&gw, "demo") == 1, "the request to wait");
+    assert_eq!(
+        gw.agents_of("demo"),
+        0,
+        "the agent serves nothing before its app is up"
+    );
+
+    let _app = TestUpstream::start_on(TcpListener::bind(addr).await.unwrap()).await;
+    let resp = within(Duration::from_secs(10), "the answer", request)
+        .await
+        .expect("task")
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "about page from upstream");
+    stop.trigger();
+    within(Duration::from_secs(10), "the agent to stop", agent)
+        .await
+        .expect("task")
+        .expect("a clean stop");
+}

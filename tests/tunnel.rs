@@ -701,6 +701,7 @@ async fn streams_200_mib_each_way_with_bounded_gateway_memory() {
         token: None,
         upstream: up.url(),
         grace: Duration::from_secs(5),
+        wait_upstream: false,
     };
     let _agent = TestAgent::start_with(cfg).await.expect("agent connects");
     let c = client();

@@ -29,6 +29,10 @@ pub struct AgentConfig {
     /// On SIGTERM, how long open streams may take to finish.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub grace: Duration,
+    /// At start, wait until the upstream accepts connections before connecting
+    /// to the gateway.
+    #[serde(default)]
+    pub wait_upstream: bool,
 }
 
 fn default_grace() -> Duration {
@@ -50,6 +54,8 @@ pub struct AgentFile {
     /// On SIGTERM, how long open streams may take to finish.
     #[serde(default, with = "humantime_serde")]
     pub grace: Option<Duration>,
+    /// At start, wait until the upstream accepts connections.
+    pub wait_upstream: Option<bool>,
 }
 
 impl AgentFile {
@@ -97,6 +103,8 @@ pub struct Flags {
     pub config: Option<PathBuf>,
     /// `--grace`.
     pub grace: Option<Duration>,
+    /// `--wait-upstream`.
+    pub wait_upstream: bool,
 }
 
 impl Flags {
@@ -133,6 +141,7 @@ impl Flags {
                 .or(file.upstream)
                 .ok_or_else(|| missing("upstream"))?,
             grace: self.grace.or(file.grace).unwrap_or(DEFAULT_GRACE),
+            wait_upstream: self.wait_upstream || file.wait_upstream.unwrap_or(false),
         };
         Upstream::parse(&base.upstream)?;
         Ok(gateways

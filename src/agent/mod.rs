@@ -35,6 +35,9 @@ pub use self::upstream::{UPSTREAM_CONNECT_TIMEOUT, Upstream};
 use crate::protocol::Hello;
 use crate::transport::{Session, SessionEnd, WsIo};
 
+/// How often `--wait-upstream` tries the upstream.
+const WAIT_UPSTREAM_EVERY: Duration = Duration::from_millis(250);
+
 /// Why the agent stopped, or could not connect.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -91,6 +94,12 @@ impl Connected {
 /// goes away; returns `Ok` after a shutdown, `Err` on a refusal retrying cannot fix.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let upstream = Upstream::parse(&cfg.upstream)?;
+    if cfg.wait_upstream {
+        tokio::select! {
+            _ = upstream::wait_until_up(&upstream, WAIT_UPSTREAM_EVERY) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
     let mut backoff = Backoff::default();
     loop {
         if shutdown.is_cancelled() {

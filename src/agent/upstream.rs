@@ -73,6 +73,31 @@ impl Upstream {
 }
 
 /// One stream: connect to the upstream and copy both ways; or answer 502.
+/// Returns once the upstream accepts a TCP connection, trying again every
+/// `every`; says so in the log while it waits.
+pub(crate) async fn wait_until_up(upstream: &Upstream, every: Duration) {
+    let addr = (upstream.host.as_str(), upstream.port);
+    let mut told = false;
+    loop {
+        let connected =
+            tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(addr)).await;
+        match connected {
+            Ok(Ok(_)) => {
+                if told {
+                    tracing::info!(upstream = %upstream.display(), "the upstream is up");
+                }
+                return;
+            }
+            Ok(Err(e)) if !told => {
+                tracing::info!(upstream = %upstream.display(), reason = %e, "waiting for the upstream before serving the tunnel (--wait-upstream)");
+                told = true;
+            }
+            _ => {}
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 pub(crate) async fn splice(mut stream: StreamIo, upstream: Arc<Upstream>) {
     let addr = (upstream.host.as_str(), upstream.port);
     let tcp = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {

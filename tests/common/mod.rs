@@ -164,6 +164,14 @@ async fn sink(body: Body) -> String {
 
 impl TestUpstream {
     pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        Self::start_on(listener).await
+    }
+
+    /// The same routes, on `listener` (an app that comes up at a known address).
+    pub async fn start_on(listener: TcpListener) -> Self {
         let app = Router::new()
             .route("/about", get(|| async { "about page from upstream" }))
             .route("/echo", any(echo))
@@ -172,15 +180,19 @@ impl TestUpstream {
             .route("/bytes", get(bytes))
             .route("/sink", any(sink))
             .fallback(root);
-        Self::serve(app).await
+        Self::serve_on(app, listener).await
     }
 
     pub async fn serve(app: Router) -> Self {
-        let bodies_in_flight = Arc::new(AtomicUsize::new(0));
-        let app = app.layer(Extension(bodies_in_flight.clone()));
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
+        Self::serve_on(app, listener).await
+    }
+
+    async fn serve_on(app: Router, listener: TcpListener) -> Self {
+        let bodies_in_flight = Arc::new(AtomicUsize::new(0));
+        let app = app.layer(Extension(bodies_in_flight.clone()));
         let addr = listener.local_addr().expect("upstream addr");
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -344,6 +356,7 @@ pub fn agent_config(
         token: token.map(gateway::config::Secret::new),
         upstream: upstream.to_owned(),
         grace: Duration::from_secs(5),
+        wait_upstream: false,
     }
 }
 
