@@ -289,3 +289,51 @@ async fn an_agent_waits_for_its_upstream() {
         .expect("task")
         .expect("a clean stop");
 }
+
+/// An agent leaving with only a WebSocket open (a dev server's live reload):
+/// the gateway closes the WebSocket once nothing else is in flight on the
+/// agent, so the agent leaves at once instead of after its whole grace period,
+/// with no stream left behind; the WebSocket's client sees the close and may
+/// reconnect.
+#[tokio::test]
+async fn an_open_websocket_does_not_hold_a_leaving_agent() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let ws_up = WsEchoUpstream::start().await;
+    let gw = TestGateway::start_default().await;
+    let mut cfg = agent_config(&gw, "demo", None, &format!("http://{}", ws_up.addr));
+    cfg.grace = Duration::from_secs(30);
+    let agent = TestAgent::start_with(cfg).await.expect("agent");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/hmr", gw.addr))
+        .await
+        .expect("handshake");
+    ws.send(Message::text("ping")).await.unwrap();
+    let echoed = within(Duration::from_secs(5), "the echo", ws.next()).await;
+    assert!(matches!(echoed, Some(Ok(Message::Text(_)))), "{echoed:?}");
+
+    let started = Instant::now();
+    let end = agent.stop().await;
+    assert_eq!(
+        end,
+        gateway::transport::SessionEnd::Drained {
+            unfinished_streams: 0
+        }
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the agent took {:?} to leave, with a 30 s grace",
+        started.elapsed()
+    );
+    // The WebSocket's client learns that its connection is gone.
+    let next = within(
+        Duration::from_secs(5),
+        "the end of the WebSocket",
+        ws.next(),
+    )
+    .await;
+    assert!(
+        !matches!(next, Some(Ok(Message::Text(_) | Message::Binary(_)))),
+        "{next:?}"
+    );
+}

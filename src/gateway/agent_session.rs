@@ -89,6 +89,13 @@ pub(crate) fn start(state: &Arc<State>, accepted: Accepted, on_upgrade: OnUpgrad
                     agent.session.peer_drained().await;
                     agent.set_draining();
                     tracing::info!("agent is draining");
+                    let released = agent.release_upgrades_when_idle().await;
+                    if released > 0 {
+                        tracing::info!(
+                            upgraded = released,
+                            "only upgraded connections were left on the leaving agent: closed them so that it can go (their clients reconnect)"
+                        );
+                    }
                     std::future::pending::<()>().await
                 }
             };

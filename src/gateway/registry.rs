@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::transport::SessionHandle;
 
@@ -46,8 +47,15 @@ pub struct Agent {
     /// Opens streams to the agent; says whether it is leaving.
     pub(crate) session: SessionHandle,
     in_flight: AtomicUsize,
+    /// Of `in_flight`, the upgraded connections (WebSocket and others).
+    upgraded: AtomicUsize,
     total: AtomicU64,
     draining: AtomicBool,
+    /// Fires when a request in flight ends on a draining agent.
+    settled: Notify,
+    /// Closes the agent's upgraded connections (see
+    /// [`Agent::release_upgrades_when_idle`]).
+    pub(crate) release_upgrades: CancellationToken,
     /// Fires when the gateway wants this session closed (tunnel revoked by a reload).
     pub(crate) evicted: Notify,
     /// Public connections that opened a stream to this agent and may keep it idle
@@ -73,8 +81,11 @@ impl Agent {
             connected_at: SystemTime::now(),
             session,
             in_flight: AtomicUsize::new(0),
+            upgraded: AtomicUsize::new(0),
             total: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            settled: Notify::new(),
+            release_upgrades: CancellationToken::new(),
             evicted: Notify::new(),
             idle_holders: Mutex::new(Vec::new()),
         }
@@ -89,7 +100,28 @@ impl Agent {
     pub(crate) fn begin_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight {
+            agent: self.clone(),
+            upgraded: false,
+        }
+    }
+
+    /// Once only upgraded connections are left on this (draining) agent, closes
+    /// them and returns how many there were. A WebSocket left open (a dev
+    /// server's live reload, say) would otherwise hold the agent's drain for
+    /// its whole grace period; its client reconnects, to another agent.
+    pub(crate) async fn release_upgrades_when_idle(&self) -> usize {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let upgraded = self.upgraded.load(Ordering::Acquire);
+            if self.in_flight() <= upgraded {
+                self.release_upgrades.cancel();
+                return upgraded;
+            }
+            settled.await;
+        }
     }
 
     /// Whether new streams may go to this agent.
@@ -151,11 +183,34 @@ impl Agent {
 
 /// A request in flight on an agent.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<Agent>);
+pub(crate) struct InFlight {
+    agent: Arc<Agent>,
+    upgraded: bool,
+}
+
+impl InFlight {
+    /// The request became an upgraded connection: counted as such until it ends.
+    pub(crate) fn upgraded(mut self) -> Self {
+        self.agent.upgraded.fetch_add(1, Ordering::AcqRel);
+        self.upgraded = true;
+        self
+    }
+
+    /// The agent the request is on.
+    pub(crate) fn agent(&self) -> &Arc<Agent> {
+        &self.agent
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.upgraded {
+            self.agent.upgraded.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.agent.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.agent.draining.load(Ordering::Acquire) {
+            self.agent.settled.notify_waiters();
+        }
     }
 }
 

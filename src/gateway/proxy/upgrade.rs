@@ -37,14 +37,14 @@ pub(crate) fn switch(
     id: &HeaderValue,
 ) -> Response<Body> {
     let upstream = hyper::upgrade::on(&mut resp);
-    let joined = join(client, upstream, in_flight, shutdown.clone());
+    let joined = join(client, upstream, in_flight.upgraded(), shutdown.clone());
     shutdown.spawn(joined.instrument(tracing::Span::current()));
     let (mut parts, _) = resp.into_parts();
     parts.headers.insert(REQUEST_ID_HEADER, id.clone());
     Response::from_parts(parts, Body::empty())
 }
 
-async fn join(client: OnUpgrade, upstream: OnUpgrade, _in_flight: InFlight, shutdown: Shutdown) {
+async fn join(client: OnUpgrade, upstream: OnUpgrade, in_flight: InFlight, shutdown: Shutdown) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -60,5 +60,8 @@ async fn join(client: OnUpgrade, upstream: OnUpgrade, _in_flight: InFlight, shut
             Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
         },
         _ = shutdown.stopped() => tracing::debug!("upgraded connection closed by shutdown"),
+        _ = in_flight.agent().release_upgrades.cancelled() => {
+            tracing::debug!("upgraded connection closed: its agent is leaving");
+        }
     }
 }
