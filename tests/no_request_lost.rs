@@ -337,3 +337,57 @@ async fn an_open_websocket_does_not_hold_a_leaving_agent() {
         "{next:?}"
     );
 }
+
+/// An agent that stops answering (its process frozen: no close, no reset) is
+/// not given new requests once a heartbeat interval has passed without a word
+/// from it: a keep-alive connection bound to it routes its next request anew,
+/// long before the agent is dropped (after three intervals).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_leave_an_agent_that_went_silent() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(config_from(
+        "[timeouts]\nheartbeat = \"400ms\"\n[[tunnels]]\nid = \"demo\"\n",
+    ))
+    .await;
+    let (ws, upstream) = (gw.ws_url(), up.url());
+    let args = [
+        "--gateway",
+        &ws,
+        "--tunnel",
+        "demo",
+        "--upstream",
+        &upstream,
+    ];
+    let frozen = process::Process::agent(&args);
+    gw.wait_agents("demo", 1).await;
+    let frozen_id = gw.gateway.state().registry.list()[0].connection_id.clone();
+
+    // One keep-alive connection, its stream bound to the first agent.
+    let c = client();
+    let resp = c.get(gw.url("/about")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+
+    let _other = process::Process::agent(&args);
+    gw.wait_agents("demo", 2).await;
+    frozen.signal("STOP");
+    let registry = &gw.gateway.state().registry;
+    eventually!(
+        registry.get(&frozen_id).is_some_and(|a| a.info().silent),
+        "the frozen agent to be seen as silent"
+    );
+
+    let resp = within(
+        Duration::from_secs(5),
+        "an answer",
+        c.get(gw.url("/about")).send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        registry.get(&frozen_id).is_some(),
+        "answered by the other agent before the silent one was dropped, not after"
+    );
+    frozen.signal("CONT");
+}

@@ -17,6 +17,8 @@ pub(crate) struct Peer {
     pub(crate) draining: AtomicBool,
     /// Wakes whoever waits for `draining`.
     pub(crate) drained: Notify,
+    /// Nothing heard from the peer for a heartbeat interval.
+    pub(crate) silent: AtomicBool,
 }
 
 /// Handle on a gateway-side session: opens streams, and tells whether the agent
@@ -82,6 +84,12 @@ impl SessionHandle {
     /// drains and closes it, and the agent reconnects with a fresh one.
     pub async fn ids_running_out(&self) {
         self.shared.ids_running_out().await
+    }
+
+    /// Whether nothing was heard from the agent for a whole heartbeat interval
+    /// (it is dropped after three): new requests go elsewhere when they can.
+    pub fn peer_silent(&self) -> bool {
+        self.peer.silent.load(Ordering::Relaxed)
     }
 
     /// Whether the agent announced that it is leaving.

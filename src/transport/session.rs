@@ -183,8 +183,12 @@ where
     async fn drive_until_end(&mut self) -> SessionEnd {
         let end = poll_fn(|cx| {
             let polled = self.poll_drive(cx);
-            // Texts arrive only while the WebSocket is read, which is here.
+            // Texts arrive only while the WebSocket is read, which is here; the
+            // heartbeat ticks here too.
             self.on_control_messages();
+            self.peer
+                .silent
+                .store(self.ws.peer_silent(), Ordering::Relaxed);
             polled
         })
         .await;

@@ -29,10 +29,16 @@ impl BoundSlot {
     fn take_for(&self, tunnel: &str) -> Option<Bound> {
         let mut slot = self.0.lock().ok()?;
         match slot.take() {
-            Some(b) if b.tunnel == tunnel && b.agent.is_available() && !b.sender.is_closed() => {
+            Some(b)
+                if b.tunnel == tunnel
+                    && b.agent.is_available()
+                    && !b.agent.session.peer_silent()
+                    && !b.sender.is_closed() =>
+            {
                 Some(b)
             }
-            // Another tunnel, or an agent that is leaving: drop it (closes the stream).
+            // Another tunnel, an agent that is leaving or has gone silent: drop
+            // it (closes the stream); the request is routed anew.
             _ => None,
         }
     }

@@ -167,6 +167,7 @@ impl Agent {
             requests_in_flight: self.in_flight(),
             requests_total: self.total.load(Ordering::Relaxed),
             draining: self.draining.load(Ordering::Acquire),
+            silent: self.session.peer_silent(),
         }
     }
 }
@@ -223,6 +224,9 @@ pub struct AgentInfo {
     pub requests_total: u64,
     /// Whether it is leaving (no new requests go to it).
     pub draining: bool,
+    /// Whether nothing was heard from it for a whole heartbeat interval (new
+    /// requests go to other agents when there are; three intervals drop it).
+    pub silent: bool,
 }
 
 fn rfc3339(t: SystemTime) -> String {

@@ -97,15 +97,17 @@ impl Registry {
     }
 
     /// Like [`Registry::select`], preferring any agent other than `avoid` (the
-    /// one a request just failed on), which is taken only when it is the one
-    /// available.
+    /// one a request just failed on), then one that was heard from in the last
+    /// heartbeat interval: a silent or failing agent is taken only when it is
+    /// the one available.
     pub(crate) fn select_avoiding(&self, tunnel: &str, avoid: Option<&str>) -> Option<Arc<Agent>> {
         let list = self.by_tunnel.get(tunnel)?;
-        let available = || list.iter().filter(|a| a.is_available());
-        available()
-            .filter(|a| Some(a.connection_id.as_str()) != avoid)
-            .min_by_key(|a| a.in_flight())
-            .or_else(|| available().min_by_key(|a| a.in_flight()))
+        list.iter()
+            .filter(|a| a.is_available())
+            .min_by_key(|a| {
+                let avoided = Some(a.connection_id.as_str()) == avoid;
+                (avoided, a.session.peer_silent(), a.in_flight())
+            })
             .cloned()
     }
 

@@ -23,6 +23,8 @@ pub(super) struct Heartbeat {
     pub(super) heard: bool,
     /// Ticks in a row with nothing heard.
     silent_ticks: u32,
+    /// Ticks so far (the first finds nothing to answer yet: no ping went out).
+    ticks: u32,
     period: Duration,
 }
 
@@ -34,6 +36,7 @@ impl Heartbeat {
             ticker,
             heard: false,
             silent_ticks: 0,
+            ticks: 0,
             period,
         }
     }
@@ -45,6 +48,7 @@ impl Heartbeat {
             due = true;
         }
         if due {
+            self.ticks = self.ticks.saturating_add(1);
             if std::mem::take(&mut self.heard) {
                 self.silent_ticks = 0;
             } else {
@@ -52,6 +56,16 @@ impl Heartbeat {
             }
         }
         due
+    }
+}
+
+impl<T> WsIo<T> {
+    /// Whether the peer has been silent for a whole heartbeat interval, though
+    /// it had a ping to answer: not dead yet, but no place for new work.
+    pub fn peer_silent(&self) -> bool {
+        self.heartbeat
+            .as_ref()
+            .is_some_and(|hb| hb.silent_ticks >= 1 && hb.ticks >= 2)
     }
 }
 
