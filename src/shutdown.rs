@@ -17,6 +17,8 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
     stop: CancellationToken,
+    /// Fires when the grace period is over: what still runs is cut off.
+    cut: CancellationToken,
     tasks: TaskTracker,
 }
 
@@ -53,6 +55,18 @@ impl Shutdown {
     /// Resolves once the shutdown is triggered.
     pub async fn stopped(&self) {
         self.stop.cancelled().await
+    }
+
+    /// The grace period is over: tasks still finishing their work (a client
+    /// downloading slowly) stop now.
+    pub fn cut(&self) {
+        self.stop.cancel();
+        self.cut.cancel();
+    }
+
+    /// Resolves once [`Shutdown::cut`] is called.
+    pub async fn cut_off(&self) {
+        self.cut.cancelled().await
     }
 
     /// Waits until every tracked task is done, or `grace` has passed. Returns the

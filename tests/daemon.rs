@@ -169,6 +169,57 @@ async fn second_signal_exits_at_once() {
     slow.abort();
 }
 
+/// The grace period is a hard bound, as nginx's worker_shutdown_timeout is: a
+/// request still running when it is over is cut off then, and the daemon exits
+/// at once (within the couple of seconds agent sessions have for their close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grace_period_is_a_hard_bound() {
+    let up = TestUpstream::start().await;
+    let dir = TempDir::new();
+    let cfg = dir.write(
+        "g.toml",
+        "[timeouts]\nshutdown_grace = \"1s\"\n[[tunnels]]\nid = \"demo\"\n",
+    );
+    let mut d = Process::gateway(&["--port", "0", "--config", cfg.to_str().unwrap()], &[]);
+    let addr = d.addr();
+    let agent = gateway::agent::connect(&agent_for(addr, "demo", &up.url()))
+        .await
+        .unwrap();
+    let stop = gateway::Shutdown::new();
+    let upstream = gateway::agent::Upstream::parse(&up.url()).unwrap();
+    let _agent = tokio::spawn(agent.serve(upstream, stop.token(), Duration::from_secs(30)));
+    let slow = tokio::spawn(async move {
+        client()
+            .get(format!("http://{addr}/slow?ms=30000"))
+            .send()
+            .await
+    });
+    let connections = format!("http://{addr}/connections");
+    wait_json(&connections, "a request in flight", |l| {
+        l[0]["requests_in_flight"].as_u64() == Some(1)
+    })
+    .await;
+    d.signal("TERM");
+    let (code, took) = tokio::task::spawn_blocking(move || {
+        let exit = d.wait_exit(Duration::from_secs(15));
+        assert!(
+            d.log().contains("grace period over: cutting off"),
+            "{}",
+            d.log()
+        );
+        exit
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        took < Duration::from_secs(4),
+        "exit took {took:?} with a grace of 1 s"
+    );
+    let cut = slow.await.unwrap();
+    assert!(cut.is_err(), "the slow request was cut off: {cut:?}");
+}
+
 #[test]
 fn ready_and_stopping_reach_notify_socket() {
     let dir = TempDir::new();

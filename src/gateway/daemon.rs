@@ -13,9 +13,9 @@ use crate::shutdown::Shutdown;
 use crate::telemetry::{self, Telemetry, TelemetryError};
 use crate::{EXIT_CONFIG, systemd};
 
-/// Extra time, beyond the grace period, for connections to close once their
-/// requests are done.
-const DRAIN_SLACK: Duration = Duration::from_secs(5);
+/// Once the grace period is over and what still ran is cut off: how long agent
+/// sessions may take to get their close frames out.
+const CUT_SLACK: Duration = Duration::from_secs(2);
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -86,14 +86,22 @@ pub async fn run(config: Config, source: Source) -> Result<(), DaemonError> {
         serve.await;
     }
     tracing::info!(grace = %humantime::format_duration(grace), "draining: letting requests in flight finish");
-    tokio::select! {
-        left = shutdown.drain(grace + DRAIN_SLACK) => {
-            if left == 0 {
-                tracing::info!("shutdown complete");
-            } else {
-                tracing::warn!(tasks = left, "grace period over: tasks still running were cut off");
-            }
+    let drained = async {
+        let left = shutdown.drain(grace).await;
+        if left == 0 {
+            return tracing::info!("shutdown complete");
         }
+        // The grace period is a hard bound: what still runs is cut now.
+        tracing::warn!(
+            tasks = left,
+            "grace period over: cutting off what is still running"
+        );
+        shutdown.cut();
+        let left = shutdown.drain(CUT_SLACK).await;
+        tracing::info!(tasks_left = left, "shutdown complete");
+    };
+    tokio::select! {
+        _ = drained => {}
         _ = term.recv() => tracing::warn!("second signal: exiting at once"),
         _ = int.recv() => tracing::warn!("second signal: exiting at once"),
     }

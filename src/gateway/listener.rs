@@ -12,7 +12,6 @@ use http::{HeaderValue, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 use super::{ConnCtx, Gateway, dispatch};
 use crate::shutdown::Shutdown;
@@ -64,14 +63,14 @@ impl Gateway {
             };
             let _ = stream.set_nodelay(true);
             let this = self.clone();
-            let stop = shutdown.token();
+            let stop = shutdown.clone();
             shutdown.spawn(async move { this.serve_connection(stream, peer, stop).await });
         }
         self.state.draining.store(true, Ordering::Release);
         tracing::info!("stopped accepting connections");
     }
 
-    async fn serve_connection(self, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
+    async fn serve_connection(self, stream: TcpStream, peer: SocketAddr, stop: Shutdown) {
         let ctx = ConnCtx {
             peer,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
@@ -100,10 +99,17 @@ impl Gateway {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
             }
-            _ = stop.cancelled() => {
+            _ = stop.stopped() => {
+                // Finish the request in progress (and its response), then close;
+                // at the end of the grace period, close anyway.
                 conn.as_mut().graceful_shutdown();
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                tokio::select! {
+                    res = conn => {
+                        if let Err(e) = res {
+                            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                        }
+                    }
+                    _ = stop.cut_off() => tracing::debug!(%peer, "client connection cut off: the grace period is over"),
                 }
             }
         }
