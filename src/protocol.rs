@@ -40,6 +40,9 @@ pub const MAX_REQUEST_ID: usize = 128;
 /// Heartbeat intervals with nothing received after which either end gives the
 /// session up as dead.
 pub const HEARTBEAT_MISSES: u32 = 3;
+/// Longest heartbeat interval: the gateway's `timeouts.heartbeat` at most, and
+/// what an agent takes of a hello that says more.
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
 /// Largest WebSocket message either end sends; larger ones are refused on receipt.
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// Largest text message accepted (text messages are small JSON control messages).

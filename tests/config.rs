@@ -303,3 +303,42 @@ fn a_bad_environment_variable_is_named() {
     let p = problems("[server]\nport = \"eighty\"\n[[tunnels]]\nid = \"a\"\n");
     assert!(!p[0].contains("set by"), "{p:?}");
 }
+
+/// A secret is never quoted back: not in a syntax error (the parser's own
+/// message quotes the line), not in a value of the wrong type.
+#[test]
+fn problems_never_show_a_secret() {
+    for toml in [
+        "[[tunnels]]\nid = \"a\"\ntoken = \"supersecret123\n",
+        "[[tunnels]]\nid = \"a\"\ntoken = [\"supersecret123\"]\n",
+        "[server]\nadmin_token = { a = \"supersecret123\" }\n[[tunnels]]\nid = \"a\"\n",
+    ] {
+        let p = problems(toml);
+        assert!(!p.is_empty());
+        for m in &p {
+            assert!(!m.contains("supersecret123"), "{m}");
+        }
+    }
+    let p = problems("[[tunnels]]\nid = \"a\"\ntoken = \"supersecret123\n");
+    assert!(p[0].contains("line 3"), "{p:?}");
+}
+
+/// The placeholder is recognised whatever its case, and a heartbeat interval too
+/// long to be of use is refused (it would also overflow the clock).
+#[test]
+fn placeholders_in_any_case_and_huge_heartbeats() {
+    let public = Overrides {
+        host: Some("0.0.0.0".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let p = load(
+        "[[tunnels]]\nid = \"a\"\ntoken = \"change-me\"\n",
+        &[],
+        &public,
+    )
+    .expect_err("refused")
+    .problems();
+    assert!(p[0].contains("tunnels[0].token"), "{p:?}");
+    let p = problems("[timeouts]\nheartbeat = \"300000000000y\"\n[[tunnels]]\nid = \"a\"\n");
+    assert!(p.iter().any(|m| m.contains("timeouts.heartbeat")), "{p:?}");
+}

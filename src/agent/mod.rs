@@ -80,7 +80,9 @@ impl Connected {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> SessionEnd {
-        let heartbeat = Duration::from_secs(self.hello.heartbeat_secs.max(1));
+        // Within bounds whatever the gateway said.
+        let heartbeat = Duration::from_secs(self.hello.heartbeat_secs)
+            .clamp(Duration::from_secs(1), crate::protocol::MAX_HEARTBEAT);
         let io = self.ws.with_heartbeat(Some(heartbeat));
         let upstream = Arc::new(upstream);
         let session = Session::server(io, move |stream| {
@@ -168,7 +170,9 @@ pub async fn run_until_signalled(configs: Vec<AgentConfig>) -> Result<(), AgentE
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        return Err(AgentError::Config("cannot install signal handlers".into()));
+        return Err(AgentError::Transient(
+            "cannot install signal handlers".into(),
+        ));
     };
     // One reconnecting session per gateway; the first fatal error ends them all.
     let mut sessions = tokio::task::JoinSet::new();

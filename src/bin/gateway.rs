@@ -17,10 +17,11 @@ fn main() -> ExitCode {
             return ExitCode::from(gateway::EXIT_CONFIG as u8);
         }
     };
-    for warning in config.warnings() {
-        eprintln!("warning: {warning}");
-    }
     if cli.check {
+        // The daemon logs them itself when it starts.
+        for warning in config.warnings() {
+            eprintln!("warning: {warning}");
+        }
         let origin = source
             .file
             .as_ref()

@@ -265,7 +265,7 @@ fn bad_keys<T: for<'de> Deserialize<'de>>(
         if let Err(e) = config::Value::from(alone).try_deserialize::<T>() {
             found.push(format!(
                 "{section}.{key} = {}{} is invalid: {}",
-                show_value(value),
+                show_value(key, value),
                 env.blame(section, Some(key)),
                 describe(&e)
             ));
@@ -277,11 +277,32 @@ fn bad_keys<T: for<'de> Deserialize<'de>>(
     found
 }
 
-fn show_value(v: &config::Value) -> String {
+/// Keys whose values are secrets: a problem with one never shows its value.
+const SECRET_KEYS: [&str; 2] = ["token", "admin_token"];
+
+fn show_value(key: &str, v: &config::Value) -> String {
+    if SECRET_KEYS.contains(&key) {
+        return "***".to_owned();
+    }
     match &v.kind {
         config::ValueKind::String(s) => format!("{s:?}"),
         other => other.to_string(),
     }
+}
+
+/// A TOML syntax error as a problem: where, and what the parser says, without
+/// the line it quotes (which may hold a secret).
+pub(crate) fn toml_syntax(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return format!("not valid TOML: {}", e.message());
+    };
+    let before = &text.as_bytes()[..span.start.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    format!(
+        "not valid TOML at line {line}, column {column}: {}",
+        e.message()
+    )
 }
 
 /// "unknown key ..." with the nearest known key, or the list of them.

@@ -218,6 +218,13 @@ impl Config {
             problems,
         };
 
+        // Syntax first, with our own words: the config crate's message quotes
+        // the offending line, which may hold a token.
+        if let Some(text) = toml_text
+            && let Err(e) = text.parse::<toml::Table>()
+        {
+            return Err(invalid(vec![diagnose::toml_syntax(text, &e)]));
+        }
         let mut builder = config::Config::builder();
         if let Some(text) = toml_text {
             builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));

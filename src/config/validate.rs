@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use super::Config;
+use crate::protocol;
 
 /// How the problem "no tunnels" starts, so that the loader can leave it out when
 /// tunnel entries were refused (those are not "no tunnels").
@@ -41,7 +42,10 @@ impl Config {
         admin
             .into_iter()
             .chain(tunnels)
-            .filter(|(_, secret)| secret.expose().starts_with(PLACEHOLDER))
+            .filter(|(_, secret)| {
+                let head = secret.expose().get(..PLACEHOLDER.len());
+                head.is_some_and(|h| h.eq_ignore_ascii_case(PLACEHOLDER))
+            })
             .map(|(key, _)| key)
     }
 
@@ -58,6 +62,13 @@ impl Config {
                     "{key} = \"0s\" is invalid: expected a positive duration such as \"5s\""
                 ));
             }
+        }
+        if self.timeouts.heartbeat > protocol::MAX_HEARTBEAT {
+            problems.push(format!(
+                "timeouts.heartbeat = \"{}\" is invalid: expected at most \"{}\" (a dead agent is found after three intervals)",
+                humantime::format_duration(self.timeouts.heartbeat),
+                humantime::format_duration(protocol::MAX_HEARTBEAT)
+            ));
         }
         if let Err(e) = crate::telemetry::parse_filter(&self.log.level) {
             problems.push(format!(

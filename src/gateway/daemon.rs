@@ -112,7 +112,15 @@ pub async fn run(config: Config, source: Source) -> Result<(), DaemonError> {
 /// SIGHUP: loads the configuration again and applies what can change live; a bad
 /// file keeps the running configuration.
 fn reload(source: &Source, gateway: &Gateway, telemetry: &Telemetry) {
-    match source.load() {
+    // A reload must never take the daemon down: a bug in a parser (ours or a
+    // dependency's) that panics on some file is a refused reload.
+    let loaded = std::panic::catch_unwind(|| source.load()).unwrap_or_else(|_| {
+        Err(crate::config::ConfigError::Invalid {
+            origin: source.file.clone(),
+            problems: vec!["the configuration could not be read (the loader failed; this is a bug, please report it)".to_owned()],
+        })
+    });
+    match loaded {
         Ok(config) => {
             telemetry.set_level(&config.log.level);
             let report = gateway.reload(config);

@@ -30,7 +30,12 @@ pub(super) struct Heartbeat {
 
 impl Heartbeat {
     pub(super) fn new(period: Duration) -> Self {
-        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+        // An interval too long to add to now never ticks (the configuration
+        // bounds it; an agent takes what a gateway says).
+        let first = Instant::now()
+            .checked_add(period)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+        let mut ticker = tokio::time::interval_at(first, period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Heartbeat {
             ticker,
