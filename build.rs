@@ -30,5 +30,8 @@ fn main() {
             println!("cargo:rerun-if-changed={git_dir}/{head_ref}");
         }
     }
-    println!("cargo:rerun-if-changed=build.rs");
+    // And when the sources change, for -dirty (cargo scans a directory whole).
+    for path in ["build.rs", "Cargo.toml", "src"] {
+        println!("cargo:rerun-if-changed={path}");
+    }
 }

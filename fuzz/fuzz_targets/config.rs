@@ -1,4 +1,4 @@
-//! `config`: see the table in `src/fuzzing.rs`.
+//! `config`: see the table in `src/fuzzing/mod.rs`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| gateway::fuzzing::config(data));

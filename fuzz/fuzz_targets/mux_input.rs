@@ -1,4 +1,4 @@
-//! `mux_input`: see the table in `src/fuzzing.rs`.
+//! `mux_input`: see the table in `src/fuzzing/mod.rs`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| gateway::fuzzing::mux_input(data));

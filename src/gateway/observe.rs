@@ -1,6 +1,8 @@
-//! Observation: what happened to a request, recorded once at its end. Today the
-//! access log (target `gateway::access`); metrics and the inspector hook in here,
-//! for HTTP requests and, later, raw TCP connections alike.
+//! Observation: what happened to a request, recorded once, when its answer's
+//! head is ready (from the upstream, or the gateway's own refusal): the access
+//! log (target `gateway::access`) today; metrics and the inspector hook in here,
+//! for HTTP requests and, later, raw TCP connections alike. The body streams on
+//! after that; what happens to it is not observed yet.
 
 use std::time::Instant;
 

@@ -233,7 +233,7 @@ where
         }
         if wrote {
             // Closes the WebSocket frame; the socket is written before the next
-            // read (see `ws_io`).
+            // read (see `transport::ws`).
             let _ = Pin::new(&mut self.ws).poll_flush(cx);
         }
         Ok(wrote)

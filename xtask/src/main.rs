@@ -6,7 +6,10 @@
 //! - `man/gateway.toml.5`: from `gateway.example.toml`, the file that
 //!   `tests/example_config.rs` holds to the code, read through
 //!   `gateway::config::example`;
-//! - `completions/`: bash, zsh and fish completions for both programs.
+//! - `completions/`: bash, zsh and fish completions for both programs;
+//! - `THIRD-PARTY-NOTICES`: the license of every crate linked into the
+//!   binaries, with the license texts each ships (their licenses ask for the
+//!   notices in binary copies).
 //!
 //! DIR defaults to `target/assets`.
 
@@ -59,6 +62,8 @@ fn assets(root: &Path, out: &Path) -> std::io::Result<()> {
     let example = std::fs::read_to_string(root.join("gateway.example.toml"))?;
     std::fs::write(man.join("gateway.toml.5"), config_page(&example))?;
 
+    std::fs::write(out.join("THIRD-PARTY-NOTICES"), notices(root)?)?;
+
     for mut cmd in [GatewayCli::command(), AgentCli::command()] {
         let name = cmd.get_name().to_owned();
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
@@ -66,6 +71,126 @@ fn assets(root: &Path, out: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The crates the gateway package links (its normal dependencies, for this
+/// machine's target), each with its license and the license files it ships.
+fn notices(root: &Path) -> std::io::Result<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let host = host_target(&cargo)?;
+    let output = std::process::Command::new(&cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            &host,
+        ])
+        .current_dir(root)
+        .output()?;
+    if !output.status.success() {
+        return Err(std::io::Error::other("cargo metadata failed"));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let packages: std::collections::HashMap<&str, &serde_json::Value> = meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p["id"].as_str()?, p)))
+        .collect();
+    let nodes: std::collections::HashMap<&str, &serde_json::Value> = meta["resolve"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| Some((n["id"].as_str()?, n)))
+        .collect();
+    // From the gateway package, along normal (linked) dependencies only.
+    let start = packages
+        .iter()
+        .find(|(_, p)| p["name"] == "gateway")
+        .map(|(id, _)| *id)
+        .ok_or_else(|| std::io::Error::other("no gateway package"))?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![start];
+    while let Some(id) = todo.pop() {
+        let Some(node) = nodes.get(id) else { continue };
+        for dep in node["deps"].as_array().into_iter().flatten() {
+            let linked = dep["dep_kinds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|k| k["kind"].is_null());
+            if let Some(dep_id) = dep["pkg"].as_str()
+                && linked
+                && seen.insert(dep_id)
+            {
+                todo.push(dep_id);
+            }
+        }
+    }
+    let mut text = String::from(
+        "Third-party software in the gateway package\n\n\
+         The programs gateway and gateway-agent are built from these crates\n\
+         (crates.io), under the licenses named; the texts each crate ships follow.\n",
+    );
+    let mut crates: Vec<&serde_json::Value> = seen
+        .iter()
+        .filter_map(|id| packages.get(id).copied())
+        .collect();
+    crates.sort_by_key(|p| (p["name"].as_str(), p["version"].as_str()));
+    for p in crates {
+        let name = p["name"].as_str().unwrap_or("?");
+        let version = p["version"].as_str().unwrap_or("?");
+        let license = p["license"].as_str().unwrap_or("(see the crate)");
+        text.push_str(&format!(
+            "\n{}\n{name} {version}: {license}\n",
+            "=".repeat(78)
+        ));
+        let dir = p["manifest_path"]
+            .as_str()
+            .map(Path::new)
+            .and_then(Path::parent);
+        let mut files: Vec<PathBuf> = dir
+            .and_then(|d| std::fs::read_dir(d).ok())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| {
+                let n = f.file_name().map(|n| n.to_string_lossy().to_uppercase());
+                n.is_some_and(|n| {
+                    ["LICENSE", "LICENCE", "COPYING", "NOTICE", "COPYRIGHT"]
+                        .iter()
+                        .any(|p| n.starts_with(p))
+                })
+            })
+            .collect();
+        files.sort();
+        for f in files {
+            if let Ok(body) = std::fs::read_to_string(&f) {
+                let shown = f
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                text.push_str(&format!("\n--- {shown}\n\n{}\n", body.trim_end()));
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// This machine's target triple (`rustc -vV`).
+fn host_target(cargo: &str) -> std::io::Result<String> {
+    let rustc = Path::new(cargo).with_file_name("rustc");
+    let rustc = if rustc.exists() {
+        rustc
+    } else {
+        PathBuf::from("rustc")
+    };
+    let out = std::process::Command::new(rustc).arg("-vV").output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .ok_or_else(|| std::io::Error::other("rustc -vV names no host"))
 }
 
 /// A section of a program's page: a title and paragraphs; a paragraph that
