@@ -289,7 +289,7 @@ async fn endless_upgrade_upstream() -> (
 ) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     struct Open(Arc<AtomicUsize>);
     impl Drop for Open {
@@ -307,13 +307,8 @@ async fn endless_upgrade_upstream() -> (
         while let Ok((mut tcp, _)) = listener.accept().await {
             let (accepted, open) = (accepted2.clone(), open2.clone());
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_request_head(&mut tcp).await.is_none() {
+                    return;
                 }
                 accepted.fetch_add(1, Ordering::SeqCst);
                 open.fetch_add(1, Ordering::SeqCst);

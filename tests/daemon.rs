@@ -125,39 +125,64 @@ async fn request_in_flight_at_sigterm_completes() {
     assert_eq!(end, gateway::transport::SessionEnd::Closed);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn second_signal_exits_at_once() {
+/// A gateway process with `shutdown_grace`, an agent, and a GET that its
+/// upstream answers only after 30 s, in flight.
+struct SlowRequestInFlight {
+    gateway: Process,
+    request: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    _dir: TempDir,
+    _upstream: TestUpstream,
+    _agent: (
+        tokio::task::JoinHandle<gateway::transport::SessionEnd>,
+        gateway::Shutdown,
+    ),
+}
+
+async fn slow_request_in_flight(grace: &str) -> SlowRequestInFlight {
     let up = TestUpstream::start().await;
     let dir = TempDir::new();
     let cfg = dir.write(
         "g.toml",
-        "[timeouts]\nshutdown_grace = \"60s\"\n[[tunnels]]\nid = \"demo\"\n",
+        &format!("[timeouts]\nshutdown_grace = \"{grace}\"\n[[tunnels]]\nid = \"demo\"\n"),
     );
-    let mut d = Process::gateway(&["--port", "0", "--config", cfg.to_str().unwrap()], &[]);
-    let addr = d.addr();
-    let _agent = {
-        let c = gateway::agent::connect(&agent_for(addr, "demo", &up.url()))
-            .await
-            .unwrap();
-        let stop = gateway::Shutdown::new();
-        let upstream = gateway::agent::Upstream::parse(&up.url()).unwrap();
-        (
-            tokio::spawn(c.serve(upstream, stop.token(), Duration::from_secs(5))),
-            stop,
-        )
-    };
-    let slow = tokio::spawn(async move {
+    let gateway = Process::gateway(&["--port", "0", "--config", cfg.to_str().unwrap()], &[]);
+    let addr = gateway.addr();
+    let agent = gateway::agent::connect(&agent_for(addr, "demo", &up.url()))
+        .await
+        .unwrap();
+    let stop = gateway::Shutdown::new();
+    let upstream = gateway::agent::Upstream::parse(&up.url()).unwrap();
+    let session = tokio::spawn(agent.serve(upstream, stop.token(), Duration::from_secs(30)));
+    let request = tokio::spawn(async move {
         client()
             .get(format!("http://{addr}/slow?ms=30000"))
             .send()
             .await
     });
-    d.wait_line("agent connected");
     let connections = format!("http://{addr}/connections");
     wait_json(&connections, "a request in flight", |l| {
         l[0]["requests_in_flight"].as_u64() == Some(1)
     })
     .await;
+    SlowRequestInFlight {
+        gateway,
+        request,
+        _dir: dir,
+        _upstream: up,
+        _agent: (session, stop),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_exits_at_once() {
+    // Every part bound: the upstream, the agent and the config must live on.
+    let SlowRequestInFlight {
+        gateway: mut d,
+        request: slow,
+        _dir,
+        _upstream,
+        _agent,
+    } = slow_request_in_flight("60s").await;
     d.signal("TERM");
     d.wait_line("draining");
     d.signal("TERM");
@@ -174,31 +199,14 @@ async fn second_signal_exits_at_once() {
 /// at once (within the couple of seconds agent sessions have for their close).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grace_period_is_a_hard_bound() {
-    let up = TestUpstream::start().await;
-    let dir = TempDir::new();
-    let cfg = dir.write(
-        "g.toml",
-        "[timeouts]\nshutdown_grace = \"1s\"\n[[tunnels]]\nid = \"demo\"\n",
-    );
-    let mut d = Process::gateway(&["--port", "0", "--config", cfg.to_str().unwrap()], &[]);
-    let addr = d.addr();
-    let agent = gateway::agent::connect(&agent_for(addr, "demo", &up.url()))
-        .await
-        .unwrap();
-    let stop = gateway::Shutdown::new();
-    let upstream = gateway::agent::Upstream::parse(&up.url()).unwrap();
-    let _agent = tokio::spawn(agent.serve(upstream, stop.token(), Duration::from_secs(30)));
-    let slow = tokio::spawn(async move {
-        client()
-            .get(format!("http://{addr}/slow?ms=30000"))
-            .send()
-            .await
-    });
-    let connections = format!("http://{addr}/connections");
-    wait_json(&connections, "a request in flight", |l| {
-        l[0]["requests_in_flight"].as_u64() == Some(1)
-    })
-    .await;
+    // Every part bound: the upstream, the agent and the config must live on.
+    let SlowRequestInFlight {
+        gateway: mut d,
+        request: slow,
+        _dir,
+        _upstream,
+        _agent,
+    } = slow_request_in_flight("1s").await;
     d.signal("TERM");
     let (code, took) = tokio::task::spawn_blocking(move || {
         let exit = d.wait_exit(Duration::from_secs(15));

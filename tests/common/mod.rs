@@ -431,3 +431,18 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// Reads an HTTP request head from `tcp` (up to the blank line); None when the
+/// connection ends first. For raw upstreams that misbehave on purpose.
+pub async fn read_request_head(tcp: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
