@@ -352,7 +352,11 @@ async fn half_closed_then_vanished_upgrade_leaves_no_stream_in_the_agent() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let (up_addr, accepted, open) = endless_upgrade_upstream().await;
-    let gw = TestGateway::start_default().await;
+    // A protocol of the test's own, allowed for the tunnel.
+    let gw = TestGateway::start(config_from(
+        "[[tunnels]]\nid = \"demo\"\nupgrades = [\"websocket\", \"test\"]\n",
+    ))
+    .await;
     let agent = connected_agent(&gw, &format!("http://{up_addr}")).await;
 
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();

@@ -146,6 +146,7 @@ fn example_shows_every_key_and_only_known_keys() {
                 "rewrite_host",
                 "agent_wait",
                 "max_waiting",
+                "upgrades",
             ][..],
         ),
     ]);
@@ -196,6 +197,10 @@ fn claimed_default(doc: &str) -> Option<Value> {
         let end = quoted.find('"')?;
         return Some(Value::String(quoted[..end].to_owned()));
     }
+    if rest.starts_with('[') {
+        let end = rest.find(']')?;
+        return serde_json::from_str(&rest[..=end]).ok();
+    }
     let token: String = rest
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric())
@@ -224,6 +229,7 @@ fn code_defaults() -> BTreeMap<String, Value> {
         "rewrite_host",
         "agent_wait",
         "max_waiting",
+        "upgrades",
     ] {
         out.insert(
             format!("tunnels.{key}"),

@@ -39,10 +39,23 @@ pub struct TunnelConfig {
     /// Requests that may wait for an agent at a time; beyond it, 503 at once.
     #[serde(default = "default_max_waiting")]
     pub max_waiting: usize,
+    /// The protocols a request may upgrade to (the `Upgrade` header), which then
+    /// turn the connection into a byte pipe past the gateway; any other upgrade
+    /// is refused and the request proxied as a plain one.
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<String>,
 }
 
 fn default_max_waiting() -> usize {
     DEFAULT_MAX_WAITING
+}
+
+/// The upgrades allowed by default: WebSocket only. `h2c`, in particular, would
+/// let every later request on the connection bypass the gateway.
+pub const DEFAULT_UPGRADES: [&str; 1] = ["websocket"];
+
+fn default_upgrades() -> Vec<String> {
+    DEFAULT_UPGRADES.iter().map(|s| (*s).to_owned()).collect()
 }
 
 impl TunnelConfig {
@@ -55,6 +68,7 @@ impl TunnelConfig {
             rewrite_host: false,
             agent_wait: None,
             max_waiting: DEFAULT_MAX_WAITING,
+            upgrades: default_upgrades(),
         }
     }
 

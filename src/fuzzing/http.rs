@@ -149,7 +149,8 @@ pub fn request_head(data: &[u8]) {
         bound: Arc::default(),
     };
     let id = HeaderValue::from_static("0123456789abcdef");
-    let upgrade = upgrade::requested(req.headers());
+    let allowed = crate::config::DEFAULT_UPGRADES.map(str::to_owned);
+    let upgrade = upgrade::requested(req.headers(), &allowed);
     let mut out = req.headers().clone();
     headers::prepare_request_headers(&mut out, &ctx, &id, upgrade, trust);
     assert_clean(&out);
@@ -161,6 +162,7 @@ pub fn request_head(data: &[u8]) {
         header::PROXY_AUTHENTICATE,
         HeaderName::from_static("keep-alive"),
         HeaderName::from_static("proxy-connection"),
+        HeaderName::from_static("http2-settings"),
         protocol::TUNNEL_HEADER,
         protocol::FORWARD_PATH_HEADER,
     ] {

@@ -23,6 +23,8 @@ pub(crate) enum ErrorKind {
     AgentLost,
     /// The request cannot be forwarded as it is (e.g. an invalid X-Forward-Path).
     BadRequest(String),
+    /// The upstream answered something the gateway cannot pass on.
+    BadUpstream(String),
 }
 
 impl ErrorKind {
@@ -31,7 +33,7 @@ impl ErrorKind {
             ErrorKind::NoTunnel | ErrorKind::UnknownTunnel(_) => StatusCode::NOT_FOUND,
             ErrorKind::NoAgent(_) => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::AgentLost => StatusCode::BAD_GATEWAY,
+            ErrorKind::AgentLost | ErrorKind::BadUpstream(_) => StatusCode::BAD_GATEWAY,
             ErrorKind::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -45,6 +47,7 @@ impl ErrorKind {
             ErrorKind::Timeout(_) => "upstream_timeout",
             ErrorKind::AgentLost => "agent_lost",
             ErrorKind::BadRequest(_) => "bad_request",
+            ErrorKind::BadUpstream(_) => "bad_upstream_response",
         }
     }
 
@@ -62,7 +65,7 @@ impl ErrorKind {
             ErrorKind::AgentLost => {
                 "The agent's connection was lost before the upstream answered".to_owned()
             }
-            ErrorKind::BadRequest(why) => why.clone(),
+            ErrorKind::BadRequest(why) | ErrorKind::BadUpstream(why) => why.clone(),
         }
     }
 

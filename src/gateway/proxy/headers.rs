@@ -15,6 +15,8 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The settings of an `h2c` upgrade: never forwarded, since that upgrade is not.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: &[HeaderName] = &[
@@ -48,6 +50,7 @@ pub(crate) fn strip_headers(headers: &mut HeaderMap, also: &[HeaderName]) {
         let hop = HOP_BY_HOP.contains(name)
             || name == KEEP_ALIVE
             || name == PROXY_CONNECTION
+            || name == HTTP2_SETTINGS
             || also.contains(name);
         if hop && !doomed.contains(name) {
             doomed.push(name.clone());

@@ -103,7 +103,7 @@ async fn proxy(
     let tunnel = route(config, &req, kind, host_tunnel)?;
     policy::admit(tunnel, ctx)?;
 
-    let upgrade = upgrade::requested(req.headers());
+    let upgrade = upgrade::requested(req.headers(), &tunnel.upgrades);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let original_host = req.headers().get(header::HOST).cloned();
     *req.uri_mut() = routing::upstream_uri(&req, kind)?;
@@ -142,6 +142,14 @@ async fn proxy(
     let resp = match client_upgrade {
         Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             upgrade::switch(resp, client, in_flight, &state.shutdown, id)
+        }
+        // The upstream switched protocols unasked: passing that on would make
+        // the connection something the gateway no longer understands.
+        None if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            tracing::warn!(agent = %agent.connection_id, "the upstream answered 101 to a request that asked for no upgrade");
+            return Err(ErrorKind::BadUpstream(
+                "The upstream switched protocols without being asked to".into(),
+            ));
         }
         _ => {
             if !upgrade {

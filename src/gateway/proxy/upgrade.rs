@@ -14,16 +14,30 @@ use super::super::registry::InFlight;
 use crate::protocol::REQUEST_ID_HEADER;
 use crate::shutdown::Shutdown;
 
-/// Whether the request asks for an upgrade: an `Upgrade` header and `upgrade`
-/// among the `Connection` tokens.
-pub(crate) fn requested(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+/// Whether the request asks for an upgrade the tunnel allows: `upgrade` among
+/// the `Connection` tokens, and one `Upgrade` header whose protocols are all in
+/// `allowed` (case-insensitively; a version such as `websocket/13` counts as its
+/// name). Anything else is proxied as a plain request, its upgrade headers
+/// removed as hop-by-hop.
+pub(crate) fn requested(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let mut upgrades = headers.get_all(header::UPGRADE).iter();
+    let (Some(upgrade), None) = (upgrades.next(), upgrades.next()) else {
+        return false;
+    };
+    let Ok(protocols) = upgrade.to_str() else {
+        return false;
+    };
+    connection_upgrade
+        && protocols.split(',').all(|p| {
+            let name = p.trim().split('/').next().unwrap_or_default();
+            allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+        })
 }
 
 /// Passes the upstream's `101` on to the client (with the request ID), and joins
