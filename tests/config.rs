@@ -33,6 +33,7 @@ port = 4100
 forward = "7s"
 [[tunnels]]
 id = "laravel"
+token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 "#;
 
 #[test]
@@ -341,4 +342,67 @@ fn placeholders_in_any_case_and_huge_heartbeats() {
     assert!(p[0].contains("tunnels[0].token"), "{p:?}");
     let p = problems("[timeouts]\nheartbeat = \"300000000000y\"\n[[tunnels]]\nid = \"a\"\n");
     assert!(p.iter().any(|m| m.contains("timeouts.heartbeat")), "{p:?}");
+}
+
+/// `[limits]` takes sizes as people write them, shows them back exactly in
+/// `--check`, and refuses values no client could live with or that would make
+/// a connection expensive, naming the key and the range.
+#[test]
+fn limits_take_sizes_and_refuse_extremes() {
+    let c = load(
+        "[limits]\nmax_header_bytes = \"64KiB\"\nmax_uri_length = 4096\nheader_read_timeout = \"5s\"\n[[tunnels]]\nid = \"a\"\n",
+        &[("GATEWAY_LIMITS__MAX_HEADERS", "50")],
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.limits.max_header_bytes, 64 * 1024);
+    assert_eq!(c.limits.max_uri_length, 4096);
+    assert_eq!(c.limits.max_headers, 50);
+    assert_eq!(c.limits.header_read_timeout, Duration::from_secs(5));
+    let shown = c.to_masked_toml();
+    assert!(
+        shown.contains("max_header_bytes = \"64KiB\"")
+            && shown.contains("max_uri_length = \"4KiB\""),
+        "{shown}"
+    );
+
+    let p = problems(
+        "[limits]\nmax_header_bytes = \"100\"\nmax_uri_length = \"2GiB\"\nmax_headers = 0\nheader_read_timeout = \"0s\"\n[[tunnels]]\nid = \"a\"\n",
+    );
+    for key in [
+        "limits.max_header_bytes = \"100\" is invalid: expected from \"1KiB\" to \"1MiB\"",
+        "limits.max_uri_length = \"2GiB\" is invalid",
+        "limits.max_headers = 0 is invalid",
+        "limits.header_read_timeout = \"0s\" is invalid",
+    ] {
+        assert!(p.iter().any(|m| m.contains(key)), "{key} not in {p:?}");
+    }
+    let p = problems("[limits]\nmax_header_bytes = \"lots\"\n[[tunnels]]\nid = \"a\"\n");
+    assert!(
+        p.iter()
+            .any(|m| m.contains("limits.max_header_bytes") && m.contains("expected a size such as")),
+        "{p:?}"
+    );
+}
+
+/// Any tunnel without a token, not only the built-in one, keeps the gateway on
+/// loopback.
+#[test]
+fn open_tunnels_need_loopback() {
+    let public = Overrides {
+        host: Some("::".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let p = load(
+        "[[tunnels]]\nid = \"a\"\ntoken = \"a-real-secret-1\"\n[[tunnels]]\nid = \"b\"\n",
+        &[],
+        &public,
+    )
+    .expect_err("refused")
+    .problems();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("tunnels[1] (id \"b\") has no token"),
+        "{p:?}"
+    );
 }

@@ -444,3 +444,52 @@ fn watchdog_pings_at_half_the_interval() {
     d.signal("TERM");
     assert_eq!(d.wait_exit(Duration::from_secs(10)).0, 0);
 }
+
+/// The built-in defaults serve one tunnel without a token: fine on loopback,
+/// refused (exit 78, saying why and what to do) as soon as the gateway would
+/// listen where other machines reach it, since anyone could then connect an
+/// agent for that tunnel and receive its traffic.
+#[test]
+fn an_open_tunnel_is_refused_beyond_loopback() {
+    let (code, stdout, stderr) = run_to_end(&["--check", "--host", "0.0.0.0"]);
+    assert_eq!(code, 78, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("tunnels[0] (id \"demo\") has no token")
+            && stderr.contains("server.host = 0.0.0.0 is reachable from other machines"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = run_to_end(&["--check"]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+}
+
+/// Every refusal the gateway answers itself is in the access log, with its
+/// status and its error code, whether it happened before routing (CONNECT) or
+/// after (an unknown tunnel); a forged request ID does not become a log field.
+#[tokio::test]
+async fn refusals_are_logged_with_their_reason() {
+    let d = Process::gateway(&["--port", "0"], &[]);
+    let addr = d.addr();
+    d.wait_line("running on built-in defaults");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    tcp.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let line = d.wait_line_async("status=501").await;
+    assert!(
+        line.contains("not_implemented") && line.contains("CONNECT"),
+        "{line}"
+    );
+
+    let resp = client()
+        .get(format!("http://{addr}/about"))
+        .header("x-tunnel-id", "nope")
+        .header("x-request-id", "x status=200")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let line = d.wait_line_async("unknown_tunnel").await;
+    assert!(line.contains("status=404"), "{line}");
+    assert!(!d.log().contains("x status=200"), "{}", d.log());
+}

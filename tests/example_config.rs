@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use gateway::config::example::{ExampleKey, scan as scan_example};
 use gateway::config::{
-    self, Config, LogConfig, LogFormat, Overrides, Rotation, Secret, ServerConfig, Timeouts,
-    TunnelConfig,
+    self, Config, Limits, LogConfig, LogFormat, Overrides, Rotation, Secret, ServerConfig,
+    Timeouts, TunnelConfig,
 };
 use serde_json::Value;
 
@@ -52,6 +52,7 @@ fn example_values_are_the_documented_defaults() {
     assert_eq!(c.timeouts.shutdown_grace, config::DEFAULT_SHUTDOWN_GRACE);
     assert_eq!(c.timeouts.heartbeat, config::DEFAULT_HEARTBEAT);
     assert_eq!(c.timeouts, Timeouts::default());
+    assert_eq!(c.limits, Limits::default());
 
     assert_eq!(c.log.level, config::DEFAULT_LOG_LEVEL);
     assert_eq!(c.log.file, config::DEFAULT_LOG_FILE);
@@ -101,6 +102,7 @@ fn keys_from_code() -> BTreeMap<&'static str, BTreeSet<String>> {
     BTreeMap::from([
         ("server", keys(&json["server"])),
         ("timeouts", keys(&json["timeouts"])),
+        ("limits", keys(&json["limits"])),
         ("log", keys(&json["log"])),
         ("tunnels", keys(&json["tunnels"][0])),
     ])
@@ -134,6 +136,15 @@ fn example_shows_every_key_and_only_known_keys() {
             ][..],
         ),
         (
+            "limits",
+            &[
+                "header_read_timeout",
+                "max_header_bytes",
+                "max_headers",
+                "max_uri_length",
+            ][..],
+        ),
+        (
             "log",
             &["level", "directory", "file", "rotation", "keep", "format"][..],
         ),
@@ -147,6 +158,8 @@ fn example_shows_every_key_and_only_known_keys() {
                 "agent_wait",
                 "max_waiting",
                 "upgrades",
+                "allow_trace",
+                "forward_underscore_headers",
             ][..],
         ),
     ]);
@@ -215,6 +228,7 @@ fn code_defaults() -> BTreeMap<String, Value> {
     let sections = [
         ("server", serde_json::to_value(ServerConfig::default())),
         ("timeouts", serde_json::to_value(Timeouts::default())),
+        ("limits", serde_json::to_value(Limits::default())),
         ("log", serde_json::to_value(LogConfig::default())),
     ];
     for (name, value) in sections {
@@ -230,6 +244,8 @@ fn code_defaults() -> BTreeMap<String, Value> {
         "agent_wait",
         "max_waiting",
         "upgrades",
+        "allow_trace",
+        "forward_underscore_headers",
     ] {
         out.insert(
             format!("tunnels.{key}"),

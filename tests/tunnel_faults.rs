@@ -568,25 +568,38 @@ async fn no_agent_gives_503() {
     assert_eq!(body["request_id"], "my-id");
 }
 
-/// A /forward target that is not a valid path is the client's mistake: 400, said so.
+/// A /forward target with characters a request line cannot carry (space,
+/// non-ASCII, quotes) is escaped, not refused and never sent raw: the upstream
+/// gets a valid request line for the path the client meant, from the header as
+/// from `?path=` (decoded first, then escaped again).
 #[tokio::test]
-async fn invalid_forward_path_is_a_bad_request() {
+async fn forward_paths_are_escaped_for_the_upstream() {
+    let up = TestUpstream::start().await;
     let gw = TestGateway::start_default().await;
-    let resp = client()
+    let _agent = TestAgent::start(&gw, "demo", &up.url()).await;
+    gw.wait_agents("demo", 1).await;
+    let c = client();
+    let by_header = c
         .post(gw.url("/forward"))
-        .header("x-forward-path", "/a b")
+        .header("x-forward-path", "/echo/a b/\"x\"?q=<1>")
         .body("{}")
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 400);
-    assert_eq!(resp.headers()["x-gateway-error"], "bad_request");
-    assert!(
-        resp.text()
-            .await
-            .unwrap()
-            .contains("Invalid target path \"/a b\"")
-    );
+    let by_query = c
+        .post(gw.url("/forward?path=%2Fecho%2Fa%20b%2F%C3%BC%3Fq%3D%7B1%7D"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    for (resp, expected) in [
+        (by_header, "/echo/a%20b/%22x%22?q=%3C1%3E"),
+        (by_query, "/echo/a%20b/%C3%BC?q=%7B1%7D"),
+    ] {
+        assert_eq!(resp.status(), 200);
+        let seen: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(seen["uri"], expected);
+    }
 }
 
 /// An agent whose upstream is down answers 502 itself, saying so; the next request

@@ -108,6 +108,41 @@ pub(crate) mod duration {
     }
 }
 
+/// `with` for sizes in bytes: written as `"32KiB"`, `"100MiB"`, `"1.5 MB"` or a
+/// plain number of bytes; shown exactly (`"32KiB"`, or bytes when no binary unit
+/// divides the value), so that `--check` output loads back to the same value.
+pub(crate) mod size {
+    use serde::Serializer;
+
+    use super::*;
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        bytesize::ByteSize::deserialize(d)
+            .map(|s| s.as_u64())
+            .map_err(|_: D::Error| {
+                de::Error::custom(
+                    "expected a size such as \"32KiB\", \"100MiB\" or a number of bytes",
+                )
+            })
+    }
+
+    pub(crate) fn serialize<S: Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&show(*bytes))
+    }
+
+    /// `bytes` in the largest binary unit that divides it.
+    pub(crate) fn show(bytes: u64) -> String {
+        const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        UNITS
+            .iter()
+            .find(|(unit, _)| bytes != 0 && bytes.is_multiple_of(*unit))
+            .map_or_else(
+                || bytes.to_string(),
+                |(unit, name)| format!("{}{name}", bytes / unit),
+            )
+    }
+}
+
 /// `deserialize_with` for enums: lists the values there are.
 pub(crate) fn expect_one_of<'de, D, T>(d: D) -> Result<T, D::Error>
 where
@@ -351,7 +386,7 @@ mod tests {
     fn field_names_come_from_the_types() {
         assert_eq!(
             fields_of::<Config>(),
-            &["server", "timeouts", "log", "tunnels"]
+            &["server", "timeouts", "limits", "log", "tunnels"]
         );
         assert!(fields_of::<ServerConfig>().contains(&"admin_token"));
         assert_eq!(fields_of::<u16>(), &[] as &[&str]);

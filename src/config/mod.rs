@@ -11,7 +11,7 @@
 //! ([`validate`]) checks what types cannot express. Nothing outside this module reads
 //! the file or the environment.
 //!
-//! One file per section: [`server`], [`timeouts`], [`log`], [`tunnel`]. Each key is
+//! One file per section: [`server`], [`timeouts`], [`limits`], [`log`], [`tunnel`]. Each key is
 //! declared once, as a field of its section's type; the known keys, the example
 //! config's test and the masked `--check` output all come from those types. The
 //! settings that only take effect at start are listed once, in
@@ -22,6 +22,7 @@
 
 mod diagnose;
 pub mod example;
+mod limits;
 mod log;
 mod server;
 mod timeouts;
@@ -34,6 +35,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use self::diagnose::size::show as show_size;
+pub use self::limits::{
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS,
+    DEFAULT_MAX_URI_LENGTH, Limits,
+};
 pub use self::log::{
     DEFAULT_LOG_FILE, DEFAULT_LOG_KEEP, DEFAULT_LOG_LEVEL, LogConfig, LogFormat, Rotation,
 };
@@ -61,6 +67,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[timeouts]`.
     pub timeouts: Timeouts,
+    /// `[limits]`.
+    pub limits: Limits,
     /// `[log]`.
     pub log: LogConfig,
     /// `[[tunnels]]`.
@@ -182,6 +190,7 @@ impl Config {
         Config {
             server: ServerConfig::default(),
             timeouts: Timeouts::default(),
+            limits: Limits::default(),
             log: LogConfig::default(),
             tunnels: vec![TunnelConfig::open(DEMO_TUNNEL)],
         }
@@ -251,6 +260,7 @@ impl Config {
         }
         let server = diagnose::section(&map, "server", &from_env, &mut problems);
         let timeouts = diagnose::section(&map, "timeouts", &from_env, &mut problems);
+        let limits = diagnose::section(&map, "limits", &from_env, &mut problems);
         let log = diagnose::section(&map, "log", &from_env, &mut problems);
         let (tunnels, refused) = match map.get("tunnels") {
             None if toml_text.is_none() => (vec![TunnelConfig::open(DEMO_TUNNEL)], 0),
@@ -261,6 +271,7 @@ impl Config {
         let mut config = Config {
             server,
             timeouts,
+            limits,
             log,
             tunnels,
         };

@@ -44,6 +44,15 @@ pub struct TunnelConfig {
     /// is refused and the request proxied as a plain one.
     #[serde(default = "default_upgrades")]
     pub upgrades: Vec<String>,
+    /// Pass `TRACE` requests on; off, they get 405 (an app that echoes the
+    /// request back would show a browser's cookies to a script).
+    #[serde(default)]
+    pub allow_trace: bool,
+    /// Pass on request headers whose names contain `_`; off, they are dropped
+    /// (CGI-style apps read `X_Real_IP` and `X-Real-IP` as the same variable,
+    /// so a client could forge one the gateway or a proxy set).
+    #[serde(default)]
+    pub forward_underscore_headers: bool,
 }
 
 fn default_max_waiting() -> usize {
@@ -69,6 +78,8 @@ impl TunnelConfig {
             agent_wait: None,
             max_waiting: DEFAULT_MAX_WAITING,
             upgrades: default_upgrades(),
+            allow_trace: false,
+            forward_underscore_headers: false,
         }
     }
 

@@ -49,6 +49,43 @@ impl Config {
             .map(|(key, _)| key)
     }
 
+    /// The bounds of `[limits]`: each at least what a normal client needs, and
+    /// at most what keeps one connection cheap.
+    fn validate_limits(&self, problems: &mut Vec<String>) {
+        use super::diagnose::size::show;
+        let l = &self.limits;
+        if l.header_read_timeout.is_zero() {
+            problems.push(
+                "limits.header_read_timeout = \"0s\" is invalid: expected a positive duration such as \"20s\"".to_owned(),
+            );
+        }
+        let sizes = [
+            (
+                "limits.max_header_bytes",
+                l.max_header_bytes,
+                1024,
+                1024 * 1024,
+            ),
+            ("limits.max_uri_length", l.max_uri_length, 256, 1024 * 1024),
+        ];
+        for (key, value, min, max) in sizes {
+            if !(min..=max).contains(&value) {
+                problems.push(format!(
+                    "{key} = {:?} is invalid: expected from {:?} to {:?}",
+                    show(value),
+                    show(min),
+                    show(max)
+                ));
+            }
+        }
+        if !(1..=10_000).contains(&l.max_headers) {
+            problems.push(format!(
+                "limits.max_headers = {} is invalid: expected from 1 to 10000",
+                l.max_headers
+            ));
+        }
+    }
+
     /// Checks what the types cannot: returns every problem found.
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -70,6 +107,7 @@ impl Config {
                 humantime::format_duration(protocol::MAX_HEARTBEAT)
             ));
         }
+        self.validate_limits(&mut problems);
         if let Err(e) = crate::telemetry::parse_filter(&self.log.level) {
             problems.push(format!(
                 "log.level = {:?} is invalid ({e}): expected error, warn, info, debug, trace or a filter like \"gateway=debug,info\"",
@@ -103,6 +141,16 @@ impl Config {
                     "{key} is still the example's placeholder ({PLACEHOLDER}...) and server.host = {} is reachable from other machines: set a real secret, such as the output of `openssl rand -hex 32`",
                     self.server.host
                 ));
+            }
+        }
+        if !self.server.host.is_loopback() {
+            for (i, t) in self.tunnels.iter().enumerate() {
+                if !t.requires_token() {
+                    problems.push(format!(
+                        "tunnels[{i}] (id {:?}) has no token and server.host = {} is reachable from other machines: anyone could connect an agent and receive its traffic; set token (or token_sha256), or listen on 127.0.0.1",
+                        t.id, self.server.host
+                    ));
+                }
             }
         }
         if self.tunnels.is_empty() {

@@ -10,6 +10,7 @@ use crate::config::{Config, Overrides};
 use crate::gateway::ConnCtx;
 use crate::gateway::proxy::{headers, upgrade};
 use crate::gateway::routing::{self, Kind};
+use crate::gateway::{policy, request_id};
 use crate::protocol::{self, Control, Hello};
 use crate::transport::ws::handshake;
 
@@ -116,7 +117,9 @@ fn routing_config(trust_forwarded: bool) -> &'static Arc<Config> {
 /// (`METHOD TARGET`) and header lines.
 pub fn request_head(data: &[u8]) {
     let mut input = Input(data);
-    let trust = input.byte().unwrap_or(0) & 1 == 1;
+    let settings = input.byte().unwrap_or(0);
+    let trust = settings & 1 == 1;
+    let forward_underscores = settings & 2 == 2;
     let config = routing_config(trust);
     let mut lines = input.0.splitn(2, |&b| b == b'\n');
     let first = lines.next().unwrap_or_default();
@@ -131,6 +134,23 @@ pub fn request_head(data: &[u8]) {
         return;
     };
     *req.headers_mut() = header_lines(lines.next().unwrap_or_default());
+    // Only what the first check lets through is routed and forwarded.
+    if policy::request::check(&mut req, &config.limits).is_err() {
+        return;
+    }
+    assert!(
+        req.headers().get_all(header::HOST).iter().count() == 1,
+        "checked, yet not one Host"
+    );
+    let client_id = request_id::request_id(&req);
+    assert!(
+        client_id
+            .as_bytes()
+            .iter()
+            .copied()
+            .all(request_id::is_id_char),
+        "{client_id:?}"
+    );
 
     let _ = routing::route_by_host(config, &req);
     for kind in [Kind::Direct, Kind::Forward] {
@@ -152,8 +172,15 @@ pub fn request_head(data: &[u8]) {
     let allowed = crate::config::DEFAULT_UPGRADES.map(str::to_owned);
     let upgrade = upgrade::requested(req.headers(), &allowed);
     let mut out = req.headers().clone();
-    headers::prepare_request_headers(&mut out, &ctx, &id, upgrade, trust);
+    headers::prepare_request_headers(&mut out, &ctx, &id, upgrade, trust, forward_underscores);
     assert_clean(&out);
+    if !forward_underscores {
+        assert!(
+            !out.keys().any(|k| k.as_str().contains('_')),
+            "a name with _ forwarded"
+        );
+    }
+    assert!(out.contains_key(header::HOST) || !req.headers().contains_key(header::HOST));
     for name in [
         header::TE,
         header::TRAILER,

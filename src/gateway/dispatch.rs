@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::error::ErrorKind;
 use super::request_id::request_id;
 use super::routing::{self, HostRoute, Kind};
-use super::{ConnCtx, State, admin, agent_endpoint, proxy};
+use super::{ConnCtx, State, admin, agent_endpoint, policy, proxy};
 use crate::protocol::{REQUEST_ID_HEADER, WS_PATH};
 
 /// The gateway's own endpoints on the public listener. The router is built from
@@ -59,16 +59,18 @@ pub(crate) async fn dispatch(
     state: &Arc<State>,
     router: &axum::Router,
     ctx: ConnCtx,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let config = state.config();
+    if let Err(e) = policy::request::check(&mut req, &config.limits) {
+        return proxy::refuse(&ctx, &req, &e);
+    }
     let kind = match routing::route_by_host(&config, &req) {
         HostRoute::Tunnel(tunnel) => {
             return proxy::handle(state, &config, &ctx, req, Kind::Direct, Some(tunnel)).await;
         }
         HostRoute::UnknownTunnel(name) => {
-            let id = request_id(&req);
-            return ErrorKind::UnknownTunnel(name).response(&req, &id);
+            return proxy::refuse(&ctx, &req, &ErrorKind::UnknownTunnel(name));
         }
         HostRoute::Gateway => match req.uri().path() {
             path if OWN.iter().any(|(own, _)| *own == path) => {

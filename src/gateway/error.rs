@@ -25,7 +25,17 @@ pub(crate) enum ErrorKind {
     BadRequest(String),
     /// The upstream answered something the gateway cannot pass on.
     BadUpstream(String),
+    /// The tunnel does not take this method (`TRACE`, unless allowed).
+    NotAllowed(http::Method),
+    /// The request needs what the gateway does not do (`CONNECT`, a transfer
+    /// coding other than chunked).
+    NotImplemented(&'static str),
+    /// The request target is longer than `limits.max_uri_length`.
+    UriTooLong(u64),
 }
+
+/// The methods a tunnel takes, for the `Allow` header of a 405.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 impl ErrorKind {
     pub(crate) fn status(&self) -> StatusCode {
@@ -35,6 +45,9 @@ impl ErrorKind {
             ErrorKind::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::AgentLost | ErrorKind::BadUpstream(_) => StatusCode::BAD_GATEWAY,
             ErrorKind::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ErrorKind::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ErrorKind::UriTooLong(_) => StatusCode::URI_TOO_LONG,
         }
     }
 
@@ -48,6 +61,9 @@ impl ErrorKind {
             ErrorKind::AgentLost => "agent_lost",
             ErrorKind::BadRequest(_) => "bad_request",
             ErrorKind::BadUpstream(_) => "bad_upstream_response",
+            ErrorKind::NotAllowed(_) => "method_not_allowed",
+            ErrorKind::NotImplemented(_) => "not_implemented",
+            ErrorKind::UriTooLong(_) => "uri_too_long",
         }
     }
 
@@ -66,6 +82,12 @@ impl ErrorKind {
                 "The agent's connection was lost before the upstream answered".to_owned()
             }
             ErrorKind::BadRequest(why) | ErrorKind::BadUpstream(why) => why.clone(),
+            ErrorKind::NotAllowed(method) => format!("{method} is not allowed on this tunnel"),
+            ErrorKind::NotImplemented(why) => (*why).to_owned(),
+            ErrorKind::UriTooLong(limit) => format!(
+                "The request target is longer than {}",
+                crate::config::show_size(*limit)
+            ),
         }
     }
 
@@ -92,6 +114,9 @@ impl ErrorKind {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         h.insert(REQUEST_ID_HEADER, request_id.clone());
         h.insert(GATEWAY_ERROR_HEADER, HeaderValue::from_static(self.code()));
+        if let ErrorKind::NotAllowed(_) = self {
+            h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        }
         resp
     }
 }

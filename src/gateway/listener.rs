@@ -16,8 +16,6 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{ConnCtx, Gateway, dispatch};
 use crate::shutdown::Shutdown;
 
-/// How long a client may take to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (EMFILE and friends), so that the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -77,6 +75,7 @@ impl Gateway {
                 .unwrap_or(HeaderValue::from_static("unknown")),
             bound: Arc::default(),
         };
+        let limits = self.state.config().limits.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let gateway = self.clone();
             let ctx = ctx.clone();
@@ -88,7 +87,13 @@ impl Gateway {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(limits.header_read_timeout)
+            .max_header_size(usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX));
+        // hyper's own default is 100 headers, kept on the stack; any other
+        // count costs an allocation per request, so it is set only when asked.
+        if limits.max_headers != crate::config::DEFAULT_MAX_HEADERS {
+            builder.max_headers(limits.max_headers);
+        }
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();

@@ -18,11 +18,11 @@ mod dispatch;
 mod error;
 pub mod listener;
 mod observe;
-mod policy;
+pub(crate) mod policy;
 pub(crate) mod proxy;
 pub mod registry;
 mod reload;
-mod request_id;
+pub(crate) mod request_id;
 pub(crate) mod routing;
 
 use std::net::SocketAddr;

@@ -24,11 +24,23 @@ fn new_request_id() -> HeaderValue {
     }
 }
 
-/// The client's `X-Request-Id` when it is sane, else a new one.
+/// The client's `X-Request-Id` when it is sane, else a new one. Sane: 1 to
+/// [`protocol::MAX_REQUEST_ID`] characters of [`is_id_char`], so that an ID
+/// cannot forge a field or a line of the log, or break a header upstream.
 pub(crate) fn request_id<B>(req: &Request<B>) -> HeaderValue {
     req.headers()
         .get(&REQUEST_ID_HEADER)
-        .filter(|v| !v.is_empty() && v.len() <= protocol::MAX_REQUEST_ID)
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= protocol::MAX_REQUEST_ID
+                && v.as_bytes().iter().copied().all(is_id_char)
+        })
         .cloned()
         .unwrap_or_else(new_request_id)
+}
+
+/// What request IDs are made of: letters, digits and `-_.:+/=@` (UUIDs, hex,
+/// base64, the IDs of common proxies and tracers); no space, quote or control.
+pub(crate) fn is_id_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'/' | b'=' | b'@')
 }

@@ -5,6 +5,7 @@
 //! parameter, the `X-Tunnel-Id` header, and the default tunnel.
 
 use http::{Method, Request, Uri, header};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 use super::error::ErrorKind;
 use crate::config::{Config, TunnelConfig};
@@ -37,11 +38,18 @@ pub(crate) fn route_by_host<B>(config: &Config, req: &Request<B>) -> HostRoute {
     let Some(host) = host_of(req) else {
         return HostRoute::Gateway;
     };
+    // Letter case and the root's trailing dot do not change the name.
     let host = host.to_ascii_lowercase();
-    match host
-        .strip_suffix(domain)
-        .and_then(|rest| rest.strip_suffix('.'))
-    {
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    let label = host
+        .len()
+        .checked_sub(domain.len())
+        .filter(|&at| {
+            host.get(at..)
+                .is_some_and(|d| d.eq_ignore_ascii_case(domain))
+        })
+        .and_then(|at| host[..at].strip_suffix('.'));
+    match label {
         Some(label) if config.tunnel(label).is_some() => HostRoute::Tunnel(label.to_owned()),
         Some(label) => HostRoute::UnknownTunnel(label.to_owned()),
         None => HostRoute::Gateway,
@@ -109,38 +117,34 @@ pub(crate) fn upstream_uri<B>(req: &Request<B>, kind: Kind) -> Result<Uri, Error
     }
 }
 
-/// The percent-decoded value of query parameter `name`.
+/// The value of query parameter `name`, decoded as forms encode it (`+` for a
+/// space, then `%XX` escapes).
 fn query_param(uri: &Uri, name: &str) -> Option<String> {
     uri.query()?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
+        (k == name).then(|| {
+            let spaced = v.replace('+', " ");
+            percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
+        })
     })
 }
 
-fn percent_decode(s: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+/// What cannot stay as it is in a request target: controls, space, non-ASCII
+/// (always escaped by the encoder), `"`, `#`, `<`, `>`, `\`, `^`, `` ` ``, `{`, `|`,
+/// `}`. Escaped, a decoded `?path=` or an `X-Forward-Path` with any of them still
+/// makes a valid request line; `%`, `/`, `?`, `&` and `=` keep their meaning.
+const TARGET_ESCAPES: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
 
 /// `POST /forward`: the upstream path, from `X-Forward-Path` or `?path=`, as an
 /// absolute path.
@@ -148,11 +152,11 @@ fn forward_target<B>(req: &Request<B>) -> String {
     let from_header = req
         .headers()
         .get(&FORWARD_PATH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let path = from_header
         .or_else(|| query_param(req.uri(), "path"))
         .unwrap_or_else(|| "/".to_owned());
+    let path = utf8_percent_encode(&path, TARGET_ESCAPES).to_string();
     if path.starts_with('/') {
         path
     } else {

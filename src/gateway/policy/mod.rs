@@ -1,16 +1,28 @@
-//! Admission: whether a client may reach a tunnel now. The access policy of each
-//! tunnel (basic auth, IP lists, rate limits, sizes) is checked here, in one place
-//! that HTTP requests and, later, raw TCP connections share. The phase runs after
-//! routing and before anything is sent upstream; a refusal is answered by the
-//! gateway and never reaches the agent.
-//!
-//! No rule is configured yet: every client is admitted.
+//! Admission: whether a request may go on, in two steps. [`request::check`]
+//! runs first for every public request: is it one the gateway can carry at all
+//! (one valid Host, a bounded target, a known body framing, not `CONNECT`).
+//! [`admit`] runs after routing: may this client reach this tunnel now, by the
+//! tunnel's access policy (its methods today; basic auth, IP lists, rate limits
+//! and sizes to come), in one place that HTTP requests and, later, raw TCP
+//! connections share. A refusal is answered by the gateway and never reaches the
+//! agent.
+
+pub(crate) mod request;
+
+use http::{Method, Request};
 
 use super::ConnCtx;
 use super::error::ErrorKind;
 use crate::config::TunnelConfig;
 
-/// Admits a client of `tunnel`, or says why not.
-pub(crate) fn admit(_tunnel: &TunnelConfig, _client: &ConnCtx) -> Result<(), ErrorKind> {
+/// Admits `req`, from `client`, to `tunnel`, or says why not.
+pub(crate) fn admit<B>(
+    tunnel: &TunnelConfig,
+    _client: &ConnCtx,
+    req: &Request<B>,
+) -> Result<(), ErrorKind> {
+    if req.method() == Method::TRACE && !tunnel.allow_trace {
+        return Err(ErrorKind::NotAllowed(Method::TRACE));
+    }
     Ok(())
 }

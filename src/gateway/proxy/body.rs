@@ -5,6 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -16,8 +17,10 @@ use super::pool::BoundSlot;
 /// What goes upstream as a request's body: the client's, or none (a request
 /// without a body, sent again to another agent after the first failed).
 pub(crate) enum RequestBody {
-    /// The client's body, as it arrives.
-    Client(Incoming),
+    /// The client's body, as it arrives; the flag is raised when reading it
+    /// fails (malformed chunks, a client gone mid-body), so that the failure is
+    /// blamed on the client rather than on the agent.
+    Client(Incoming, Arc<AtomicBool>),
     /// No body.
     Empty,
 }
@@ -31,21 +34,27 @@ impl hyper::body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Client(body, failed) => {
+                let frame = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Err(_))) = &frame {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                frame
+            }
             RequestBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Client(body) => body.is_end_stream(),
+            RequestBody::Client(body, _) => body.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Client(body) => body.size_hint(),
+            RequestBody::Client(body, _) => body.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -29,20 +29,36 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::UPGRADE,
 ];
 
+/// Headers that `Connection` cannot make hop-by-hop: the message's framing and
+/// Host, and those the gateway sets for the upstream. Naming them there would
+/// otherwise let a client remove what the upstream relies on.
+const PROTECTED: &[&str] = &[
+    "host",
+    "content-length",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-request-id",
+];
+
 /// Removes the hop-by-hop headers (those of [`HOP_BY_HOP`], `Keep-Alive`,
-/// `Proxy-Connection`, and any that `Connection` names) and those of `also`.
+/// `Proxy-Connection`, and any that `Connection` names but [`PROTECTED`]), those
+/// of `also`, and with `drop_underscores` those whose names contain `_`.
 ///
 /// One pass finds which are present: most messages carry none or one of them, and
 /// removing a name that is absent costs a hash lookup all the same (with ~15 such
 /// names, that was ~3 % of the gateway's CPU on small requests).
-pub(crate) fn strip_headers(headers: &mut HeaderMap, also: &[HeaderName]) {
+pub(crate) fn strip_headers(headers: &mut HeaderMap, also: &[HeaderName], drop_underscores: bool) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for (name, value) in headers.iter() {
         if name == header::CONNECTION
             && let Ok(v) = value.to_str()
         {
             for token in v.split(',') {
-                if let Ok(named) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                if let Ok(named) = HeaderName::from_bytes(token.trim().as_bytes())
+                    && !PROTECTED.contains(&named.as_str())
+                {
                     doomed.push(named);
                 }
             }
@@ -51,7 +67,8 @@ pub(crate) fn strip_headers(headers: &mut HeaderMap, also: &[HeaderName]) {
             || name == KEEP_ALIVE
             || name == PROXY_CONNECTION
             || name == HTTP2_SETTINGS
-            || also.contains(name);
+            || also.contains(name)
+            || (drop_underscores && name.as_str().contains('_'));
         if hop && !doomed.contains(name) {
             doomed.push(name.clone());
         }
@@ -62,14 +79,16 @@ pub(crate) fn strip_headers(headers: &mut HeaderMap, also: &[HeaderName]) {
 }
 
 /// The request headers for the upstream: hop-by-hop and our own headers removed
-/// (and the client's forwarding claims, unless `trust_forwarded`), the upgrade
-/// kept when one is asked for, the forwarding headers and the request ID set.
+/// (and the client's forwarding claims, unless `trust_forwarded`; and names with
+/// `_`, unless `forward_underscores`), the upgrade kept when one is asked for, the
+/// forwarding headers and the request ID set.
 pub(crate) fn prepare_request_headers(
     headers: &mut HeaderMap,
     ctx: &ConnCtx,
     id: &HeaderValue,
     upgrade: bool,
     trust_forwarded: bool,
+    forward_underscores: bool,
 ) {
     let upgrade_value = if upgrade {
         headers.get(header::UPGRADE).cloned()
@@ -93,6 +112,7 @@ pub(crate) fn prepare_request_headers(
         } else {
             &removed
         },
+        !forward_underscores,
     );
     if let Some(u) = upgrade_value {
         headers.insert(header::UPGRADE, u);
@@ -118,18 +138,12 @@ pub(crate) fn prepare_request_headers(
 
 /// Sets the Host the upstream sees: the agent's upstream address when the tunnel
 /// rewrites it (and the agent named one), else the client's.
-pub(crate) fn set_host(
-    headers: &mut HeaderMap,
-    rewrite_to: Option<&str>,
-    original: Option<&HeaderValue>,
-) {
-    if let Some(h) = rewrite_to.and_then(upstream_authority)
-        && let Ok(v) = HeaderValue::from_str(h)
-    {
-        headers.insert(header::HOST, v);
-    } else if let Some(h) = original {
-        headers.insert(header::HOST, h.clone());
-    }
+pub(crate) fn set_host(headers: &mut HeaderMap, rewrite_to: Option<&str>, original: &HeaderValue) {
+    let host = rewrite_to
+        .and_then(upstream_authority)
+        .and_then(|h| HeaderValue::from_str(h).ok())
+        .unwrap_or_else(|| original.clone());
+    headers.insert(header::HOST, host);
 }
 
 /// `host:port` of an upstream URL such as `http://127.0.0.1:8000`.
@@ -140,6 +154,6 @@ fn upstream_authority(upstream: &str) -> Option<&str> {
 
 /// The response headers for the client: hop-by-hop removed, the request ID set.
 pub(crate) fn prepare_response_headers(headers: &mut HeaderMap, id: &HeaderValue) {
-    strip_headers(headers, &[]);
+    strip_headers(headers, &[], false);
     headers.insert(REQUEST_ID_HEADER, id.clone());
 }

@@ -48,16 +48,7 @@ pub(crate) async fn handle(
     host_tunnel: Option<String>,
 ) -> Response<Body> {
     let id = request_id(&req);
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id.to_str().unwrap_or("-"),
-        method = %req.method(),
-        path = %req.uri().path(),
-        peer = %ctx.peer,
-        // Declared empty here and recorded once routing has chosen the tunnel: a
-        // field that a span does not declare is silently dropped by `record`.
-        tunnel = tracing::field::Empty,
-    );
+    let span = request_span(ctx, &req, &id);
     let started = Instant::now();
     async move {
         let json = wants_json(req.headers());
@@ -91,6 +82,36 @@ pub(crate) async fn handle(
     .await
 }
 
+/// The span of one public request: the fields of every line logged for it.
+fn request_span<B>(ctx: &ConnCtx, req: &Request<B>, id: &HeaderValue) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        request_id = %id.to_str().unwrap_or("-"),
+        method = %req.method(),
+        path = %req.uri().path(),
+        peer = %ctx.peer,
+        // Declared empty here and recorded once routing has chosen the tunnel: a
+        // field that a span does not declare is silently dropped by `record`.
+        tunnel = tracing::field::Empty,
+    )
+}
+
+/// The gateway's answer to a request it refuses before routing it (see
+/// [`super::policy::request`]), observed like any other.
+pub(crate) fn refuse<B>(ctx: &ConnCtx, req: &Request<B>, e: &ErrorKind) -> Response<Body> {
+    let id = request_id(req);
+    let _span = request_span(ctx, req, &id).entered();
+    let resp = e.response(req, &id);
+    observe(
+        &Outcome::Refused {
+            status: resp.status(),
+            error: e.code(),
+        },
+        Instant::now(),
+    );
+    resp
+}
+
 async fn proxy(
     state: &Arc<State>,
     config: &Arc<Config>,
@@ -101,11 +122,17 @@ async fn proxy(
     id: &HeaderValue,
 ) -> Result<(Response<Body>, Arc<Agent>), ErrorKind> {
     let tunnel = route(config, &req, kind, host_tunnel)?;
-    policy::admit(tunnel, ctx)?;
+    policy::admit(tunnel, ctx, &req)?;
 
     let upgrade = upgrade::requested(req.headers(), &tunnel.upgrades);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let original_host = req.headers().get(header::HOST).cloned();
+    // Only an HTTP/1.0 request gets this far without a Host, and none is
+    // forwarded without one.
+    let original_host = req.headers().get(header::HOST).cloned().ok_or_else(|| {
+        ErrorKind::BadRequest(
+            "The Host header is missing: the gateway forwards no request without one".to_owned(),
+        )
+    })?;
     *req.uri_mut() = routing::upstream_uri(&req, kind)?;
     *req.version_mut() = http::Version::HTTP_11;
     headers::prepare_request_headers(
@@ -114,6 +141,7 @@ async fn proxy(
         id,
         upgrade,
         config.server.trust_forwarded,
+        tunnel.forward_underscore_headers,
     );
 
     let timeout = match kind {
@@ -186,11 +214,12 @@ fn route<'c>(
 async fn send(
     target: &Target<'_>,
     req: Request<Incoming>,
-    original_host: Option<HeaderValue>,
+    original_host: HeaderValue,
     found: &AtomicBool,
 ) -> Result<(Response<Incoming>, pool::Bound, InFlight), ErrorKind> {
     let replay = Replay::of(&req);
-    let mut req = req.map(RequestBody::Client);
+    let body_failed = Arc::new(AtomicBool::new(false));
+    let mut req = req.map(|body| RequestBody::Client(body, body_failed.clone()));
     let mut failed_on: Option<String> = None;
     loop {
         let mut bound = pool::acquire(target, failed_on.as_deref()).await?;
@@ -200,7 +229,7 @@ async fn send(
             .rewrite_host
             .then(|| bound.agent.upstream.as_deref())
             .flatten();
-        headers::set_host(req.headers_mut(), rewrite_to, original_host.as_ref());
+        headers::set_host(req.headers_mut(), rewrite_to, &original_host);
         let in_flight = bound.agent.begin_request();
         let mut failed = match bound.sender.try_send_request(req).await {
             Ok(resp) => return Ok((resp, bound, in_flight)),
@@ -211,6 +240,12 @@ async fn send(
             .or_else(|| replay.as_ref().map(Replay::request));
         let error = failed.into_error();
         let agent = &bound.agent.connection_id;
+        if body_failed.load(Ordering::Relaxed) {
+            tracing::debug!(%error, %agent, "the client's request body could not be read");
+            return Err(ErrorKind::BadRequest(
+                "The request body is malformed or ended early".to_owned(),
+            ));
+        }
         match again {
             Some(again) if failed_on.is_none() => {
                 tracing::debug!(%error, %agent, "upstream request failed before an answer; sending it again");
