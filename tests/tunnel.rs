@@ -308,10 +308,29 @@ async fn forwarding_headers_and_request_id() {
     assert_eq!(echo["headers"]["x-forwarded-host"], "app.example");
 }
 
-/// /connections is open by default and needs the admin token once one is set;
-/// every response, the gateway's own included, carries an X-Request-Id.
+/// /connections is open to this machine by default (not to a request a proxy
+/// passes on) and needs the admin token once one is set; every response, the
+/// gateway's own included, carries an X-Request-Id.
 #[tokio::test]
 async fn admin_token_guards_connections() {
+    let open = TestGateway::start_default().await;
+    let c = client();
+    let resp = c.get(open.url("/connections")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    for (header, value) in [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("forwarded", "for=203.0.113.9"),
+    ] {
+        let resp = c
+            .get(open.url("/connections"))
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "passed on with {header}");
+        assert!(resp.text().await.unwrap().contains("server.admin_token"));
+    }
+
     let gw = TestGateway::start(config_from(
         "[server]\nadmin_token = \"adm1n\"\n[[tunnels]]\nid = \"demo\"\n",
     ))

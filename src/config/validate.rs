@@ -131,7 +131,7 @@ impl Config {
             && t.expose().is_empty()
         {
             problems.push(
-                "server.admin_token is empty: remove the key to leave /connections open, or set a secret"
+                "server.admin_token is empty: remove the key to keep /connections to this machine, or set a secret"
                     .to_owned(),
             );
         }

@@ -1,16 +1,17 @@
 //! The gateway's own read-only endpoints: `/health` for load balancers and
-//! systemd checks, `/connections` (the connected agents, behind the admin token
-//! when one is set).
+//! systemd checks, `/connections` (the connected agents: behind the admin token
+//! when one is set, else only for this machine).
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::State as AxState;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::Serialize;
 
-use super::State;
+use super::{ConnCtx, State};
 use crate::auth::{bearer_token, secret_matches};
 
 #[derive(Serialize)]
@@ -38,21 +39,41 @@ pub(crate) async fn health(AxState(state): AxState<Arc<State>>) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// `GET /connections`: the connected agents, oldest first.
+/// `GET /connections`: the connected agents, oldest first. With
+/// `server.admin_token`, for whoever presents it; without, for this machine
+/// only (see [`from_this_machine`]).
 pub(crate) async fn connections(
     AxState(state): AxState<Arc<State>>,
+    Extension(client): Extension<ConnCtx>,
     headers: http::HeaderMap,
 ) -> Response {
     let config = state.config();
-    if let Some(expected) = &config.server.admin_token
-        && !secret_matches(expected, bearer_token(&headers))
-    {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(http::header::WWW_AUTHENTICATE, "Bearer")],
-            "/connections requires Authorization: Bearer <server.admin_token>\n",
-        )
-            .into_response();
+    match &config.server.admin_token {
+        Some(expected) if !secret_matches(expected, bearer_token(&headers)) => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(http::header::WWW_AUTHENTICATE, "Bearer")],
+                "/connections requires Authorization: Bearer <server.admin_token>\n",
+            )
+                .into_response();
+        }
+        None if !from_this_machine(&client, &headers) => {
+            return (
+                StatusCode::FORBIDDEN,
+                "/connections is only open to this machine: set server.admin_token to reach it from elsewhere\n",
+            )
+                .into_response();
+        }
+        _ => {}
     }
     Json(state.registry.list()).into_response()
+}
+
+/// Whether a request comes from this machine: a loopback peer that is not a
+/// proxy passing on someone else's request (it would say so in
+/// `X-Forwarded-For` or `Forwarded`, whether or not the gateway trusts those).
+fn from_this_machine(client: &ConnCtx, headers: &http::HeaderMap) -> bool {
+    client.peer.ip().to_canonical().is_loopback()
+        && !headers.contains_key("x-forwarded-for")
+        && !headers.contains_key(http::header::FORWARDED)
 }
