@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -412,4 +414,85 @@ async fn host_routing_is_case_and_dot_blind() {
         assert!(head.starts_with("HTTP/1.1 200"), "{host}: {head}");
         assert_eq!(body, "upstream root GET /health\n", "{host}");
     }
+}
+
+/// A raw upstream that counts the request heads it receives and answers each
+/// `200 ok` once the client's body has come (or the stream ended).
+async fn counting_upstream() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let heads = Arc::new(AtomicUsize::new(0));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                while read_request_head(&mut tcp).await.is_some() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    // Drain whatever body follows, until the agent stops sending.
+                    let mut buf = [0u8; 65536];
+                    while let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await
+                    {
+                        if n == 0 {
+                            return;
+                        }
+                    }
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    (url, heads)
+}
+
+/// `max_request_body`: a Content-Length over it is refused with 413 before
+/// anything goes upstream; a chunked body is cut off once it passes it, also
+/// 413; a body within it goes through.
+#[tokio::test]
+async fn request_bodies_over_the_limit_get_413() {
+    let (up, heads) = counting_upstream().await;
+    let gw = TestGateway::start(config_from(
+        "[[tunnels]]\nid = \"demo\"\nmax_request_body = \"1KiB\"\n",
+    ))
+    .await;
+    let _agent = TestAgent::start(&gw, "demo", &up).await;
+    gw.wait_agents("demo", 1).await;
+    let c = client();
+
+    let resp = c
+        .post(gw.url("/upload"))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.headers()["x-gateway-error"], "body_too_large");
+    assert_eq!(
+        heads.load(Ordering::SeqCst),
+        0,
+        "a refused body reached the upstream"
+    );
+
+    let chunks = futures_util::stream::iter(
+        (0..8).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'y'; 512]))),
+    );
+    let resp = c
+        .post(gw.url("/upload"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.headers()["x-gateway-error"], "body_too_large");
+
+    let resp = c
+        .post(gw.url("/upload"))
+        .body(vec![b'z'; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }

@@ -160,6 +160,7 @@ fn example_shows_every_key_and_only_known_keys() {
                 "upgrades",
                 "allow_trace",
                 "forward_underscore_headers",
+                "max_request_body",
             ][..],
         ),
     ]);
@@ -246,6 +247,7 @@ fn code_defaults() -> BTreeMap<String, Value> {
         "upgrades",
         "allow_trace",
         "forward_underscore_headers",
+        "max_request_body",
     ] {
         out.insert(
             format!("tunnels.{key}"),

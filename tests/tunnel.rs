@@ -713,7 +713,8 @@ fn pattern_at(buf: &Bytes, offset: u64, len: usize) -> Bytes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_200_mib_each_way_with_bounded_gateway_memory() {
     let up = TestUpstream::start().await;
-    let gw = GatewayProcess::start("[[tunnels]]\nid = \"demo\"\n").await;
+    // Bodies past the default max_request_body (100 MiB): no limit here.
+    let gw = GatewayProcess::start("[[tunnels]]\nid = \"demo\"\nmax_request_body = \"0\"\n").await;
     let cfg = AgentConfig {
         gateway: format!("ws://{}/ws", gw.addr),
         tunnel: "demo".into(),

@@ -48,7 +48,9 @@ pub use self::timeouts::{
     DEFAULT_AGENT_WAIT, DEFAULT_DIRECT_TIMEOUT, DEFAULT_FORWARD_TIMEOUT, DEFAULT_HEARTBEAT,
     DEFAULT_SHUTDOWN_GRACE, Timeouts,
 };
-pub use self::tunnel::{DEFAULT_MAX_WAITING, DEFAULT_UPGRADES, TunnelConfig};
+pub use self::tunnel::{
+    DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_WAITING, DEFAULT_UPGRADES, TunnelConfig,
+};
 pub use self::validate::{PLACEHOLDER, is_tunnel_id};
 pub use crate::auth::Secret;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::diagnose::duration;
+use super::diagnose::{duration, size};
 use crate::auth::{Secret, digest_matches, secret_matches};
 
 /// Requests that may wait for an agent of one tunnel at a time, by default;
@@ -53,6 +53,17 @@ pub struct TunnelConfig {
     /// so a client could forge one the gateway or a proxy set).
     #[serde(default)]
     pub forward_underscore_headers: bool,
+    /// Request bodies larger than this get 413 (0: no limit): at once when
+    /// `Content-Length` says so, else once the streamed body passes it.
+    #[serde(default = "default_max_request_body", with = "size")]
+    pub max_request_body: u64,
+}
+
+/// Request bodies up to 100 MiB by default, as Cloudflare's tunnels allow.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 100 * 1024 * 1024;
+
+fn default_max_request_body() -> u64 {
+    DEFAULT_MAX_REQUEST_BODY
 }
 
 fn default_max_waiting() -> usize {
@@ -80,6 +91,7 @@ impl TunnelConfig {
             upgrades: default_upgrades(),
             allow_trace: false,
             forward_underscore_headers: false,
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
         }
     }
 

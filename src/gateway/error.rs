@@ -32,6 +32,8 @@ pub(crate) enum ErrorKind {
     NotImplemented(&'static str),
     /// The request target is longer than `limits.max_uri_length`.
     UriTooLong(u64),
+    /// The request body is larger than the tunnel's `max_request_body`.
+    TooLarge(u64),
 }
 
 /// The methods a tunnel takes, for the `Allow` header of a 405.
@@ -48,6 +50,7 @@ impl ErrorKind {
             ErrorKind::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ErrorKind::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -64,6 +67,7 @@ impl ErrorKind {
             ErrorKind::NotAllowed(_) => "method_not_allowed",
             ErrorKind::NotImplemented(_) => "not_implemented",
             ErrorKind::UriTooLong(_) => "uri_too_long",
+            ErrorKind::TooLarge(_) => "body_too_large",
         }
     }
 
@@ -86,6 +90,10 @@ impl ErrorKind {
             ErrorKind::NotImplemented(why) => (*why).to_owned(),
             ErrorKind::UriTooLong(limit) => format!(
                 "The request target is longer than {}",
+                crate::config::show_size(*limit)
+            ),
+            ErrorKind::TooLarge(limit) => format!(
+                "The request body is larger than {}",
                 crate::config::show_size(*limit)
             ),
         }
@@ -114,8 +122,15 @@ impl ErrorKind {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         h.insert(REQUEST_ID_HEADER, request_id.clone());
         h.insert(GATEWAY_ERROR_HEADER, HeaderValue::from_static(self.code()));
-        if let ErrorKind::NotAllowed(_) = self {
-            h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        match self {
+            ErrorKind::NotAllowed(_) => {
+                h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+            }
+            // The rest of the body is not read: the connection cannot be reused.
+            ErrorKind::TooLarge(_) => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         resp
     }

@@ -28,7 +28,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-use self::body::RequestBody;
+use self::body::{BodyVerdict, ClientBody, RequestBody};
 pub(crate) use self::pool::BoundSlot;
 use super::error::{ErrorKind, wants_json};
 use super::observe::{Outcome, observe};
@@ -218,8 +218,10 @@ async fn send(
     found: &AtomicBool,
 ) -> Result<(Response<Incoming>, pool::Bound, InFlight), ErrorKind> {
     let replay = Replay::of(&req);
-    let body_failed = Arc::new(AtomicBool::new(false));
-    let mut req = req.map(|body| RequestBody::Client(body, body_failed.clone()));
+    let verdict = Arc::new(BodyVerdict::default());
+    let limit = target.tunnel.max_request_body;
+    let mut req =
+        req.map(|body| RequestBody::Client(ClientBody::new(body, limit, verdict.clone())));
     let mut failed_on: Option<String> = None;
     loop {
         let mut bound = pool::acquire(target, failed_on.as_deref()).await?;
@@ -240,7 +242,10 @@ async fn send(
             .or_else(|| replay.as_ref().map(Replay::request));
         let error = failed.into_error();
         let agent = &bound.agent.connection_id;
-        if body_failed.load(Ordering::Relaxed) {
+        if verdict.too_large() {
+            return Err(ErrorKind::TooLarge(limit));
+        }
+        if verdict.malformed() {
             tracing::debug!(%error, %agent, "the client's request body could not be read");
             return Err(ErrorKind::BadRequest(
                 "The request body is malformed or ended early".to_owned(),
