@@ -58,14 +58,24 @@ fn transfer_coding(headers: &HeaderMap) -> Result<(), ErrorKind> {
     Ok(())
 }
 
-/// One valid Host. An absolute-form target's authority replaces the header (RFC
-/// 9112 section 3.2.2). An HTTP/1.0 request may come without one; the proxy then
-/// refuses it, the gateway's own endpoints do not need it.
+/// One valid Host (RFC 9112 section 3.2: HTTP/1.1 requires it, even with an
+/// absolute-form target, whose authority then replaces it). An HTTP/1.0 request
+/// may come without one: an absolute-form target gives it one, else the proxy
+/// refuses it and the gateway's own endpoints do not need it.
 fn host<B>(req: &mut Request<B>) -> Result<(), ErrorKind> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
     if second.is_some() {
         return Err(bad("The request has more than one Host header"));
+    }
+    match first {
+        None if req.version() != Version::HTTP_10 => {
+            return Err(bad("The Host header is missing: HTTP/1.1 requires one"));
+        }
+        Some(value) if !valid_host(value.as_bytes()) => {
+            return Err(bad("The Host header is not a valid host name"));
+        }
+        _ => {}
     }
     if let Some(authority) = req.uri().authority() {
         let value = HeaderValue::from_str(authority.as_str())
@@ -73,14 +83,8 @@ fn host<B>(req: &mut Request<B>) -> Result<(), ErrorKind> {
             .filter(|v| valid_host(v.as_bytes()))
             .ok_or_else(|| bad("The request target's host is not a valid host name"))?;
         req.headers_mut().insert(HOST, value);
-        return Ok(());
     }
-    match first {
-        Some(value) if valid_host(value.as_bytes()) => Ok(()),
-        Some(_) => Err(bad("The Host header is not a valid host name")),
-        None if req.version() == Version::HTTP_10 => Ok(()),
-        None => Err(bad("The Host header is missing: HTTP/1.1 requires one")),
-    }
+    Ok(())
 }
 
 /// `name[:port]` or `[v6][:port]`: a DNS name (letters, digits, `-`, `_`, dots
