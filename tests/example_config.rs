@@ -108,6 +108,20 @@ fn keys_from_code() -> BTreeMap<&'static str, BTreeSet<String>> {
     ])
 }
 
+/// The keys of a `[[tunnels]]` entry, `id` first.
+const TUNNEL_KEYS: [&str; 10] = [
+    "id",
+    "token",
+    "token_sha256",
+    "rewrite_host",
+    "agent_wait",
+    "max_waiting",
+    "upgrades",
+    "allow_trace",
+    "forward_underscore_headers",
+    "max_request_body",
+];
+
 #[test]
 fn example_shows_every_key_and_only_known_keys() {
     let from_code = keys_from_code();
@@ -148,21 +162,7 @@ fn example_shows_every_key_and_only_known_keys() {
             "log",
             &["level", "directory", "file", "rotation", "keep", "format"][..],
         ),
-        (
-            "tunnels",
-            &[
-                "id",
-                "token",
-                "token_sha256",
-                "rewrite_host",
-                "agent_wait",
-                "max_waiting",
-                "upgrades",
-                "allow_trace",
-                "forward_underscore_headers",
-                "max_request_body",
-            ][..],
-        ),
+        ("tunnels", &TUNNEL_KEYS[..]),
     ]);
     for (section, keys) in &listed {
         let listed: BTreeSet<String> = keys.iter().map(|k| k.to_string()).collect();
@@ -238,17 +238,8 @@ fn code_defaults() -> BTreeMap<String, Value> {
         }
     }
     let open = serde_json::to_value(TunnelConfig::open("x")).expect("serializes");
-    for key in [
-        "token",
-        "token_sha256",
-        "rewrite_host",
-        "agent_wait",
-        "max_waiting",
-        "upgrades",
-        "allow_trace",
-        "forward_underscore_headers",
-        "max_request_body",
-    ] {
+    // Every key but the id, which has no default.
+    for key in &TUNNEL_KEYS[1..] {
         out.insert(
             format!("tunnels.{key}"),
             open.get(key).cloned().unwrap_or(Value::Null),
