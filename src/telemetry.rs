@@ -52,11 +52,19 @@ pub enum TelemetryError {
 /// Parses a level or filter ("info", "gateway=debug,info"). Only ASCII is
 /// accepted: tracing-subscriber's parser panics on some other input (found by
 /// fuzzing the configuration), and no target, level or field name needs more.
+/// Field values (`[{tunnel=demo}]`) match literally, never as regular
+/// expressions: tracing-subscriber compiles those into a DFA whose size grows
+/// exponentially with some patterns (`a................b` took seconds and
+/// hundreds of MiB, also found by fuzzing), and a log filter is no place for a
+/// regex anyway.
 pub fn parse_filter(spec: &str) -> Result<EnvFilter, String> {
     if !spec.is_ascii() {
         return Err("only ASCII characters are allowed".to_owned());
     }
-    EnvFilter::builder().parse(spec).map_err(|e| e.to_string())
+    EnvFilter::builder()
+        .with_regex(false)
+        .parse(spec)
+        .map_err(|e| e.to_string())
 }
 
 /// The filter: `RUST_LOG` when it is set and valid, else the configured level.

@@ -145,3 +145,27 @@ fn such_a_rust_log_is_ignored_with_a_warning() {
     assert!(log.contains("RUST_LOG is ignored"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// config, after 3.2 million runs without the sanitizer: a level with a field
+/// value such as `x[{f=a................b}]` took seconds and hundreds of MiB to
+/// load (tracing-subscriber compiled the value into a regular-expression DFA
+/// whose size doubles with each dot), and a longer one never finished: a
+/// `--check` or a SIGHUP that hangs. Field values now match literally.
+#[test]
+fn a_field_value_in_the_log_level_loads_at_once() {
+    use gateway::config::{Config, Overrides};
+    let level = format!("x[{{f=a{}b}}]", ".".repeat(200));
+    let started = std::time::Instant::now();
+    let flag = Overrides {
+        log_level: Some(level.clone()),
+        ..Overrides::default()
+    };
+    let config = Config::load_str(None, None, &Default::default(), &flag).expect("a valid filter");
+    assert_eq!(config.log.level, level);
+    gateway::telemetry::parse_filter(&level).expect("parses");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
