@@ -32,6 +32,21 @@ pub struct GatewayCli {
     /// Validate the configuration, print it (secrets masked) and exit.
     #[arg(long)]
     pub check: bool,
+    /// A tool instead of the daemon.
+    #[command(subcommand)]
+    pub command: Option<GatewayCommand>,
+}
+
+/// The gateway's tools.
+#[derive(clap::Subcommand, Debug)]
+pub enum GatewayCommand {
+    /// Read a password on standard input (one line; not echoed on a terminal) and
+    /// print its argon2id hash for a tunnel's basic_auth, as "USER:hash" when a
+    /// user is given.
+    HashPassword {
+        /// The user name to print before the hash.
+        user: Option<String>,
+    },
 }
 
 impl GatewayCli {
@@ -92,6 +107,62 @@ impl AgentCli {
             config: self.config.clone(),
             grace: self.grace,
             wait_upstream: self.wait_upstream,
+        }
+    }
+}
+
+/// Reads one line of standard input as a password, without its line ending.
+/// On a terminal it asks for it on standard error and turns echo off meanwhile.
+pub fn read_password() -> std::io::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let echo = stdin.is_terminal().then(|| {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+        EchoOff::new()
+    });
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if echo.is_some() {
+        eprintln!();
+    }
+    drop(echo);
+    read?;
+    let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+    Ok(trimmed.strip_suffix('\r').unwrap_or(trimmed).to_owned())
+}
+
+/// Terminal echo off on standard input until dropped.
+struct EchoOff(Option<libc::termios>);
+
+impl EchoOff {
+    #[allow(unsafe_code)]
+    fn new() -> Self {
+        // SAFETY: tcgetattr and tcsetattr only read and write the termios
+        // struct given, for file descriptor 0, which this process owns.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return EchoOff(None);
+            }
+            let saved = t;
+            t.c_lflag &= !libc::ECHO;
+            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                return EchoOff(None);
+            }
+            EchoOff(Some(saved))
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            // SAFETY: as above; `saved` is what tcgetattr filled in.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, saved);
+            }
         }
     }
 }

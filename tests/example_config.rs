@@ -91,6 +91,12 @@ fn keys_from_code() -> BTreeMap<&'static str, BTreeSet<String>> {
     c.tunnels[0].token = Some(Secret::new("x"));
     c.tunnels[0].token_sha256 = Some("0".repeat(64));
     c.tunnels[0].agent_wait = Some(std::time::Duration::from_secs(1));
+    c.tunnels[0].rate_limit = Some(config::RateLimit {
+        requests: 1,
+        per: std::time::Duration::from_secs(1),
+        burst: None,
+        key: config::RateKey::ClientIp,
+    });
     let json = serde_json::to_value(&c).expect("config serializes");
     let keys = |v: &Value| -> BTreeSet<String> {
         v.as_object()
@@ -109,7 +115,7 @@ fn keys_from_code() -> BTreeMap<&'static str, BTreeSet<String>> {
 }
 
 /// The keys of a `[[tunnels]]` entry, `id` first.
-const TUNNEL_KEYS: [&str; 10] = [
+const TUNNEL_KEYS: [&str; 18] = [
     "id",
     "token",
     "token_sha256",
@@ -120,6 +126,14 @@ const TUNNEL_KEYS: [&str; 10] = [
     "allow_trace",
     "forward_underscore_headers",
     "max_request_body",
+    "basic_auth",
+    "auth_exempt",
+    "forward_authorization",
+    "allow_ips",
+    "deny_ips",
+    "rate_limit",
+    "max_concurrent_requests",
+    "max_agents",
 ];
 
 #[test]

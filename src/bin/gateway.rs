@@ -4,11 +4,14 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use gateway::cli::{GatewayCli, parse_or_exit};
+use gateway::cli::{GatewayCli, GatewayCommand, parse_or_exit};
 use gateway::gateway::daemon;
 
 fn main() -> ExitCode {
     let cli: GatewayCli = parse_or_exit();
+    if let Some(GatewayCommand::HashPassword { user }) = &cli.command {
+        return hash_password(user.as_deref());
+    }
     let source = cli.source();
     let config = match source.load() {
         Ok(c) => c,
@@ -47,6 +50,41 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+/// `gateway hash-password [USER]`: one line of standard input, hashed.
+fn hash_password(user: Option<&str>) -> ExitCode {
+    let password = match gateway::cli::read_password() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot read the password from standard input: {e}");
+            return ExitCode::from(gateway::EXIT_USAGE as u8);
+        }
+    };
+    if password.is_empty() {
+        eprintln!(
+            "error: the password is empty: type one, or pipe it in (printf '%s' \"$PASSWORD\" | gateway hash-password)"
+        );
+        return ExitCode::from(gateway::EXIT_USAGE as u8);
+    }
+    if user.is_some_and(|u| u.is_empty() || u.contains(':')) {
+        eprintln!("error: the user name must not be empty or hold ':'");
+        return ExitCode::from(gateway::EXIT_USAGE as u8);
+    }
+    match gateway::gateway::hash_password(&password) {
+        Ok(hash) => {
+            let line = match user {
+                Some(u) => format!("{u}:{hash}"),
+                None => hash,
+            };
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot hash the password: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -20,6 +20,7 @@
 //! Every default is a named constant; `gateway.example.toml` documents the same
 //! values, and a test parses that file so it cannot rot.
 
+mod access;
 mod diagnose;
 pub mod example;
 mod limits;
@@ -35,6 +36,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use self::access::{HashScheme, RateKey, RateLimit, parse_credential, parse_net};
 pub(crate) use self::diagnose::size::show as show_size;
 pub use self::limits::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::access::{RateLimit, expect_rate_limit};
 use super::diagnose::{duration, size};
 use crate::auth::{Secret, digest_matches, secret_matches};
 
@@ -57,6 +58,37 @@ pub struct TunnelConfig {
     /// `Content-Length` says so, else once the streamed body passes it.
     #[serde(default = "default_max_request_body", with = "size")]
     pub max_request_body: u64,
+    /// HTTP Basic credentials for the public side, `"user:hash"` (argon2 from
+    /// `gateway hash-password`, or bcrypt from `htpasswd -nB`); empty: none asked.
+    #[serde(default)]
+    pub basic_auth: Vec<String>,
+    /// Path prefixes that need no credentials (webhook receivers).
+    #[serde(default)]
+    pub auth_exempt: Vec<String>,
+    /// Pass the client's `Authorization` header upstream; off, it is removed
+    /// once basic auth has read it.
+    #[serde(default)]
+    pub forward_authorization: bool,
+    /// Only clients in these networks may reach the tunnel (empty: anyone).
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
+    /// Clients in these networks may not (this wins over `allow_ips`).
+    #[serde(default)]
+    pub deny_ips: Vec<String>,
+    /// Requests per client address (or per tunnel) and period; beyond it, 429.
+    #[serde(
+        default,
+        deserialize_with = "expect_rate_limit",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rate_limit: Option<RateLimit>,
+    /// Requests in flight on the tunnel at once; beyond it, 503 (0: no limit).
+    #[serde(default)]
+    pub max_concurrent_requests: usize,
+    /// Agents connected for the tunnel at once; beyond it, the handshake is
+    /// refused (0: no limit).
+    #[serde(default)]
+    pub max_agents: usize,
 }
 
 /// Request bodies up to 100 MiB by default, as Cloudflare's tunnels allow.
@@ -92,6 +124,14 @@ impl TunnelConfig {
             allow_trace: false,
             forward_underscore_headers: false,
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            basic_auth: Vec::new(),
+            auth_exempt: Vec::new(),
+            forward_authorization: false,
+            allow_ips: Vec::new(),
+            deny_ips: Vec::new(),
+            rate_limit: None,
+            max_concurrent_requests: 0,
+            max_agents: 0,
         }
     }
 

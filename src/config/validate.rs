@@ -196,6 +196,7 @@ impl Config {
                     "tunnels[{i}].token_sha256 = {digest:?} is invalid: expected 64 hex digits (sha256sum of the token)"
                 ));
             }
+            validate_access(i, t, &mut problems);
         }
         if let Some(default) = &self.server.default_tunnel
             && !self.tunnels.iter().any(|t| &t.id == default)
@@ -206,6 +207,43 @@ impl Config {
             ));
         }
         problems
+    }
+}
+
+/// A tunnel's access policy: every credential, network and rate well formed.
+fn validate_access(i: usize, t: &super::TunnelConfig, problems: &mut Vec<String>) {
+    let mut users = HashSet::new();
+    for (j, entry) in t.basic_auth.iter().enumerate() {
+        match super::parse_credential(entry) {
+            Ok((user, _, _)) if !users.insert(user) => problems.push(format!(
+                "tunnels[{i}].basic_auth[{j}] (tunnel {:?}) repeats user {user:?}: each user may appear once",
+                t.id
+            )),
+            Ok(_) => {}
+            Err(why) => problems.push(format!(
+                "tunnels[{i}].basic_auth[{j}] (tunnel {:?}) is invalid: {why}",
+                t.id
+            )),
+        }
+    }
+    for (j, prefix) in t.auth_exempt.iter().enumerate() {
+        if !prefix.starts_with('/') {
+            problems.push(format!(
+                "tunnels[{i}].auth_exempt[{j}] = {prefix:?} is invalid: expected a path prefix such as \"/webhooks/\""
+            ));
+        }
+    }
+    for (key, list) in [("allow_ips", &t.allow_ips), ("deny_ips", &t.deny_ips)] {
+        for (j, entry) in list.iter().enumerate() {
+            if let Err(why) = super::parse_net(entry) {
+                problems.push(format!("tunnels[{i}].{key}[{j}] is invalid: {why}"));
+            }
+        }
+    }
+    if let Some(rate) = &t.rate_limit
+        && let Err(why) = rate.quota()
+    {
+        problems.push(format!("tunnels[{i}].rate_limit is invalid: {why}"));
     }
 }
 

@@ -71,6 +71,15 @@ pub(crate) async fn upgrade(
         };
         return refuse(StatusCode::UNAUTHORIZED, reason);
     }
+    let max = tunnel_cfg.max_agents;
+    if max != 0 && state.registry.agents_of(&tunnel).len() >= max {
+        // 429: the agent retries with its backoff, and gets in once one leaves
+        // (or a dead one's heartbeat runs out).
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many agents for tunnel '{tunnel}': it takes {max} at once"),
+        );
+    }
     let accepted = Accepted {
         tunnel,
         upstream: offer.upstream.clone(),

@@ -34,6 +34,16 @@ pub(crate) enum ErrorKind {
     UriTooLong(u64),
     /// The request body is larger than the tunnel's `max_request_body`.
     TooLarge(u64),
+    /// The tunnel asks for credentials (its ID is the realm) and none were
+    /// sent, or (`true`) wrong ones.
+    Unauthorized(String, bool),
+    /// The client's address may not reach the tunnel (`allow_ips`, `deny_ips`).
+    Forbidden,
+    /// The client (or the tunnel) is over its `rate_limit`; a token is back in
+    /// this long.
+    RateLimited(std::time::Duration),
+    /// The tunnel has `max_concurrent_requests` in flight already.
+    Busy(String),
 }
 
 /// The methods a tunnel takes, for the `Allow` header of a 405.
@@ -51,6 +61,10 @@ impl ErrorKind {
             ErrorKind::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ErrorKind::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Unauthorized(..) => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -68,6 +82,10 @@ impl ErrorKind {
             ErrorKind::NotImplemented(_) => "not_implemented",
             ErrorKind::UriTooLong(_) => "uri_too_long",
             ErrorKind::TooLarge(_) => "body_too_large",
+            ErrorKind::Unauthorized(..) => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::RateLimited(_) => "rate_limited",
+            ErrorKind::Busy(_) => "tunnel_busy",
         }
     }
 
@@ -96,6 +114,15 @@ impl ErrorKind {
                 "The request body is larger than {}",
                 crate::config::show_size(*limit)
             ),
+            ErrorKind::Unauthorized(_, false) => {
+                "This tunnel needs a user name and password".to_owned()
+            }
+            ErrorKind::Unauthorized(_, true) => "The user name or password is wrong".to_owned(),
+            ErrorKind::Forbidden => "Your address may not reach this tunnel".to_owned(),
+            ErrorKind::RateLimited(_) => "Too many requests: slow down and retry later".to_owned(),
+            ErrorKind::Busy(t) => {
+                format!("Tunnel '{t}' has too many requests in flight: retry shortly")
+            }
         }
     }
 
@@ -129,6 +156,22 @@ impl ErrorKind {
             // The rest of the body is not read: the connection cannot be reused.
             ErrorKind::TooLarge(_) => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ErrorKind::Unauthorized(realm, _) => {
+                // Tunnel IDs are [a-z0-9-]: nothing to escape in the quotes.
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
+                {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            ErrorKind::RateLimited(wait) => {
+                // Whole seconds, rounded up: a client that waits that long gets in.
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            ErrorKind::Busy(_) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

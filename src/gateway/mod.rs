@@ -33,6 +33,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
+pub use self::policy::hash_password;
 use self::registry::Registry;
 pub use self::reload::ReloadReport;
 use crate::config::Config;
@@ -41,6 +42,8 @@ use crate::shutdown::Shutdown;
 /// Shared state of a running gateway.
 pub struct State {
     config: ArcSwap<Config>,
+    /// Every tunnel's access policy, compiled from `config` (and swapped with it).
+    policies: ArcSwap<policy::Policies>,
     /// The connected agents.
     pub registry: Registry,
     started: Instant,
@@ -83,6 +86,7 @@ impl Gateway {
     /// agent session listens to its stop and is tracked by it.
     pub fn new(config: Config, shutdown: &Shutdown) -> Self {
         let state = Arc::new(State {
+            policies: ArcSwap::from_pointee(policy::Policies::build(&config, None)),
             config: ArcSwap::from_pointee(config),
             registry: Registry::default(),
             started: Instant::now(),

@@ -36,6 +36,8 @@ impl Gateway {
                 }
             }
         }
+        let policies = super::policy::Policies::build(&new, Some(&self.state.policies.load()));
+        self.state.policies.store(Arc::new(policies));
         self.state.config.store(Arc::new(new));
         report
     }

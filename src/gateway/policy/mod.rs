@@ -2,27 +2,141 @@
 //! runs first for every public request: is it one the gateway can carry at all
 //! (one valid Host, a bounded target, a known body framing, not `CONNECT`).
 //! [`admit`] runs after routing: may this client reach this tunnel now, by the
-//! tunnel's access policy (its methods and body size today; basic auth, IP
-//! lists and rate limits to come), in one place that HTTP requests and, later, raw TCP
+//! tunnel's access policy, in one place that HTTP requests and, later, raw TCP
 //! connections share. A refusal is answered by the gateway and never reaches the
 //! agent.
+//!
+//! The checks run cheapest first, as nginx's phases do: the method, the
+//! client's address (`deny_ips`, `allow_ips`), its rate (`rate_limit`: before
+//! the password, so that guessing one is throttled too), its credentials
+//! (`basic_auth`), the declared body size, and last a place among the
+//! tunnel's requests in flight (`max_concurrent_requests`), held until the
+//! response's last byte.
+//!
+//! The compiled form of every tunnel's policy ([`Policies`]) is built with the
+//! configuration and rebuilt on reload; rate-limit buckets and in-flight counts
+//! carry over a reload that keeps them.
 
+mod basic_auth;
+mod rate;
 pub(crate) mod request;
 
-use http::{Method, Request, header};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use http::{Method, Request, header};
+use ipnet::IpNet;
+
+pub use self::basic_auth::hash_password;
+use self::basic_auth::{Credentials, Refusal};
+use self::rate::Limiter;
 use super::ConnCtx;
 use super::error::ErrorKind;
-use crate::config::TunnelConfig;
+use super::proxy::headers::X_FORWARDED_FOR;
+use crate::config::{Config, TunnelConfig, parse_net};
 
-/// Admits `req`, from `client`, to `tunnel`, or says why not.
-pub(crate) fn admit<B>(
+/// Every tunnel's compiled policy, by tunnel ID.
+#[derive(Default)]
+pub(crate) struct Policies {
+    by_tunnel: HashMap<String, Arc<TunnelPolicy>>,
+}
+
+/// One tunnel's policy, ready to check.
+#[derive(Default)]
+pub(crate) struct TunnelPolicy {
+    credentials: Option<Credentials>,
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
+    rate: Option<Arc<Limiter>>,
+    max_in_flight: usize,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Policies {
+    /// The policies of `config`, keeping from `previous` the rate-limit buckets
+    /// whose limit did not change and every tunnel's count of requests in flight.
+    pub(crate) fn build(config: &Config, previous: Option<&Policies>) -> Policies {
+        let by_tunnel = config
+            .tunnels
+            .iter()
+            .map(|t| {
+                let before = previous.and_then(|p| p.by_tunnel.get(&t.id));
+                (t.id.clone(), Arc::new(TunnelPolicy::build(t, before)))
+            })
+            .collect();
+        Policies { by_tunnel }
+    }
+
+    pub(crate) fn of(&self, tunnel: &str) -> Option<Arc<TunnelPolicy>> {
+        self.by_tunnel.get(tunnel).cloned()
+    }
+}
+
+impl TunnelPolicy {
+    fn build(t: &TunnelConfig, before: Option<&Arc<TunnelPolicy>>) -> TunnelPolicy {
+        let nets = |list: &[String]| list.iter().filter_map(|e| parse_net(e).ok()).collect();
+        let rate = t.rate_limit.as_ref().and_then(|wanted| {
+            let kept = before
+                .and_then(|b| b.rate.clone())
+                .filter(|r| &r.config == wanted);
+            kept.or_else(|| Limiter::new(wanted).map(Arc::new))
+        });
+        TunnelPolicy {
+            credentials: Credentials::of(t),
+            allow: nets(&t.allow_ips),
+            deny: nets(&t.deny_ips),
+            rate,
+            max_in_flight: t.max_concurrent_requests,
+            in_flight: before.map_or_else(Default::default, |b| b.in_flight.clone()),
+        }
+    }
+}
+
+/// A request's place among its tunnel's requests in flight, given back when
+/// dropped (with the response's last byte).
+#[derive(Default)]
+pub(crate) struct Admitted(Option<Arc<AtomicUsize>>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(count) = &self.0 {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Admits `req`, from `client`, to `tunnel`, or says why not. The
+/// `Authorization` header is removed once basic auth has read it, unless the
+/// tunnel forwards it.
+pub(crate) async fn admit<B>(
     tunnel: &TunnelConfig,
-    _client: &ConnCtx,
-    req: &Request<B>,
-) -> Result<(), ErrorKind> {
+    policy: &TunnelPolicy,
+    client: IpAddr,
+    req: &mut Request<B>,
+) -> Result<Admitted, ErrorKind> {
     if req.method() == Method::TRACE && !tunnel.allow_trace {
         return Err(ErrorKind::NotAllowed(Method::TRACE));
+    }
+    let listed = |list: &[IpNet]| list.iter().any(|net| net.contains(&client));
+    if listed(&policy.deny) || (!policy.allow.is_empty() && !listed(&policy.allow)) {
+        return Err(ErrorKind::Forbidden);
+    }
+    if let Some(rate) = &policy.rate {
+        rate.check(client).map_err(ErrorKind::RateLimited)?;
+    }
+    if let Some(credentials) = &policy.credentials
+        && !credentials.exempts(req.uri().path())
+    {
+        match credentials.check(req.headers()).await {
+            Ok(()) => {}
+            Err(Refusal::Missing) => return Err(ErrorKind::Unauthorized(tunnel.id.clone(), false)),
+            Err(Refusal::Wrong) => return Err(ErrorKind::Unauthorized(tunnel.id.clone(), true)),
+        }
+        if !tunnel.forward_authorization {
+            req.headers_mut().remove(header::AUTHORIZATION);
+        }
     }
     let limit = tunnel.max_request_body;
     if limit != 0
@@ -37,5 +151,58 @@ pub(crate) fn admit<B>(
         // as it streams (see proxy::body).
         return Err(ErrorKind::TooLarge(limit));
     }
-    Ok(())
+    if policy.max_in_flight == 0 {
+        return Ok(Admitted(None));
+    }
+    let count = &policy.in_flight;
+    if count.fetch_add(1, Ordering::AcqRel) >= policy.max_in_flight {
+        count.fetch_sub(1, Ordering::AcqRel);
+        return Err(ErrorKind::Busy(tunnel.id.clone()));
+    }
+    Ok(Admitted(Some(count.clone())))
+}
+
+/// The client's address, for policy: the peer's, or, when the operator trusts
+/// the proxy in front (`server.trust_forwarded`), the right-most address of
+/// `X-Forwarded-For` (the one that proxy added; those left of it are the
+/// client's own claims).
+pub(crate) fn client_address<B>(ctx: &ConnCtx, req: &Request<B>, trust_forwarded: bool) -> IpAddr {
+    let forwarded = trust_forwarded
+        .then(|| req.headers().get_all(&X_FORWARDED_FOR).iter().next_back())
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(parse_forwarded_address);
+    forwarded.unwrap_or(ctx.peer.ip()).to_canonical()
+}
+
+/// `192.0.2.7`, `2001:db8::1`, `[2001:db8::1]:443` or `192.0.2.7:80`.
+fn parse_forwarded_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses() {
+        for (entry, ip) in [
+            (" 192.0.2.7", Some("192.0.2.7")),
+            ("[2001:db8::1]:443", Some("2001:db8::1")),
+            ("192.0.2.7:80", Some("192.0.2.7")),
+            ("unknown", None),
+            ("_hidden", None),
+        ] {
+            assert_eq!(
+                parse_forwarded_address(entry),
+                ip.map(|s| s.parse().unwrap()),
+                "{entry}"
+            );
+        }
+    }
 }

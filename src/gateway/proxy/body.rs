@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 
+use super::super::policy::Admitted;
 use super::super::registry::{IdleHolder, InFlight};
 use super::pool::BoundSlot;
 
@@ -131,14 +132,22 @@ impl hyper::body::Body for RequestBody {
 pub(crate) struct TrackedBody {
     inner: Incoming,
     _in_flight: InFlight,
+    /// The request's place among its tunnel's requests in flight.
+    _admitted: Admitted,
     slot: Arc<BoundSlot>,
 }
 
 impl TrackedBody {
-    pub(crate) fn new(inner: Incoming, in_flight: InFlight, slot: Arc<BoundSlot>) -> Self {
+    pub(crate) fn new(
+        inner: Incoming,
+        in_flight: InFlight,
+        admitted: Admitted,
+        slot: Arc<BoundSlot>,
+    ) -> Self {
         TrackedBody {
             inner,
             _in_flight: in_flight,
+            _admitted: admitted,
             slot,
         }
     }

@@ -10,7 +10,7 @@ use crate::protocol::{FORWARD_PATH_HEADER, REQUEST_ID_HEADER, TUNNEL_HEADER};
 
 // Header names as constants: a `&str` name is parsed and validated on every use,
 // which showed in the profile of small requests.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");

@@ -122,7 +122,10 @@ async fn proxy(
     id: &HeaderValue,
 ) -> Result<(Response<Body>, Arc<Agent>), ErrorKind> {
     let tunnel = route(config, &req, kind, host_tunnel)?;
-    policy::admit(tunnel, ctx, &req)?;
+    // A tunnel the configuration has has a policy: the two are swapped together.
+    let rules = state.policies.load().of(&tunnel.id).unwrap_or_default();
+    let client = policy::client_address(ctx, &req, config.server.trust_forwarded);
+    let admitted = policy::admit(tunnel, &rules, client, &mut req).await?;
 
     let upgrade = upgrade::requested(req.headers(), &tunnel.upgrades);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -183,7 +186,7 @@ async fn proxy(
             if !upgrade {
                 ctx.bound.put(bound);
             }
-            respond(resp, in_flight, ctx, id)
+            respond(resp, in_flight, admitted, ctx, id)
         }
     };
     Ok((resp, agent))
@@ -306,12 +309,13 @@ impl Replay {
 fn respond(
     resp: Response<Incoming>,
     in_flight: InFlight,
+    admitted: policy::Admitted,
     ctx: &ConnCtx,
     id: &HeaderValue,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     parts.version = http::Version::HTTP_11;
     headers::prepare_response_headers(&mut parts.headers, id);
-    let body = body::TrackedBody::new(body, in_flight, ctx.bound.clone());
+    let body = body::TrackedBody::new(body, in_flight, admitted, ctx.bound.clone());
     Response::from_parts(parts, Body::new(body))
 }
