@@ -264,7 +264,7 @@ def start_nginx(procs, d, port):
 def start_gateway(procs, bins, d, name):
     port = free_port()
     conf = d / f"{name}.toml"
-    conf.write_text(
+    base = (
         "[server]\n"
         'host = "127.0.0.1"\n'
         f"port = {port}\n\n"
@@ -275,6 +275,15 @@ def start_gateway(procs, bins, d, name):
         "[[tunnels]]\n"
         f'id = "{TUNNEL}"\n'
     )
+    # 10,000 idle agents and 1,000 client connections, all from 127.0.0.1: above
+    # the default connection caps. Binaries older than [limits] max_connections
+    # refuse the section, and get the file without it.
+    conf.write_text(base + "\n[limits]\nmax_connections = 30000\nmax_connections_per_ip = 0\n")
+    checked = subprocess.run(
+        [bins / "gateway", "--check", "--config", conf], capture_output=True
+    )
+    if checked.returncode != 0:
+        conf.write_text(base)
     p = procs.start(
         name, [bins / "gateway", "--config", conf, "--port", port, "--log-level", "warn"], SUT_CPU
     )

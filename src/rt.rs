@@ -37,3 +37,31 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
+
+/// Raises this process's soft limit on open files to its hard limit, as Go's
+/// runtime does: every connection is a descriptor, and a soft limit of 1024
+/// (many shells' default) would be reached long before `limits.max_connections`.
+/// Returns the soft limit now in force, if it could be read.
+pub fn raise_fd_limit() -> Option<u64> {
+    #[allow(unsafe_code)]
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        Some(lim.rlim_cur)
+    }
+}

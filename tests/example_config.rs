@@ -150,6 +150,7 @@ fn example_shows_every_key_and_only_known_keys() {
                 "public_domain",
                 "default_tunnel",
                 "trust_forwarded",
+                "trusted_proxies",
                 "admin_token",
             ][..],
         ),
@@ -170,6 +171,10 @@ fn example_shows_every_key_and_only_known_keys() {
                 "max_header_bytes",
                 "max_headers",
                 "max_uri_length",
+                "max_connections",
+                "max_connections_per_ip",
+                "request_body_idle_timeout",
+                "response_body_idle_timeout",
             ][..],
         ),
         (

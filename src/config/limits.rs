@@ -18,6 +18,14 @@ pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// The request target (path and query, or an absolute URI), in bytes.
 pub const DEFAULT_MAX_URI_LENGTH: u64 = 8 * 1024;
+/// Public connections (agents' included) open at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Connections from one client address at once.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1024;
+/// Longest pause inside a request body before it is given up on.
+pub const DEFAULT_REQUEST_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest pause inside a response body before it is given up on.
+pub const DEFAULT_RESPONSE_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `[limits]`: bounds on every public request. Live on reload, for the
 /// connections accepted after it.
@@ -36,6 +44,21 @@ pub struct Limits {
     /// Request target length, in bytes. Beyond: 414.
     #[serde(with = "size")]
     pub max_uri_length: u64,
+    /// Public connections open at once, agents' included (restart only).
+    /// Beyond: idle keep-alive connections are closed to make room, and if
+    /// none is idle, new connections wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Connections from one client address at once (0: no limit); trusted
+    /// proxies are exempt. Beyond: 429 and close.
+    pub max_connections_per_ip: usize,
+    /// A request body that pauses longer than this is given up on: 408 if no
+    /// answer was sent yet, and the connection is closed.
+    #[serde(with = "duration")]
+    pub request_body_idle_timeout: Duration,
+    /// A response body that pauses longer than this is given up on: the
+    /// connection is closed, the client sees the body end early.
+    #[serde(with = "duration")]
+    pub response_body_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -45,6 +68,10 @@ impl Default for Limits {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
             max_uri_length: DEFAULT_MAX_URI_LENGTH,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            request_body_idle_timeout: DEFAULT_REQUEST_BODY_IDLE_TIMEOUT,
+            response_body_idle_timeout: DEFAULT_RESPONSE_BODY_IDLE_TIMEOUT,
         }
     }
 }

@@ -39,8 +39,9 @@ use serde::{Deserialize, Serialize};
 pub use self::access::{HashScheme, RateKey, RateLimit, parse_credential, parse_net};
 pub(crate) use self::diagnose::size::show as show_size;
 pub use self::limits::{
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS,
-    DEFAULT_MAX_URI_LENGTH, Limits,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, DEFAULT_MAX_URI_LENGTH,
+    DEFAULT_REQUEST_BODY_IDLE_TIMEOUT, DEFAULT_RESPONSE_BODY_IDLE_TIMEOUT, Limits,
 };
 pub use self::log::{
     DEFAULT_LOG_FILE, DEFAULT_LOG_KEEP, DEFAULT_LOG_LEVEL, LogConfig, LogFormat, Rotation,
@@ -111,6 +112,7 @@ macro_rules! restart_only {
 restart_only!(
     server.host,
     server.port,
+    limits.max_connections,
     log.directory,
     log.file,
     log.rotation,

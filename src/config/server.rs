@@ -30,6 +30,11 @@ pub struct ServerConfig {
     /// for a gateway reached solely through a proxy you run (nginx, a TLS load
     /// balancer): otherwise any client could claim any address or scheme.
     pub trust_forwarded: bool,
+    /// The proxies in front (addresses or networks) whose `X-Forwarded-*`
+    /// headers are believed; the client is the right-most address of
+    /// `X-Forwarded-For` that is not one of them. `trust_forwarded = true`
+    /// trusts every peer, one hop deep.
+    pub trusted_proxies: Vec<String>,
     /// When set, `GET /connections` requires `Authorization: Bearer <admin_token>`.
     pub admin_token: Option<Secret>,
 }
@@ -42,6 +47,7 @@ impl Default for ServerConfig {
             public_domain: None,
             default_tunnel: None,
             trust_forwarded: false,
+            trusted_proxies: Vec::new(),
             admin_token: None,
         }
     }

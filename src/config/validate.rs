@@ -54,10 +54,28 @@ impl Config {
     fn validate_limits(&self, problems: &mut Vec<String>) {
         use super::diagnose::size::show;
         let l = &self.limits;
-        if l.header_read_timeout.is_zero() {
-            problems.push(
-                "limits.header_read_timeout = \"0s\" is invalid: expected a positive duration such as \"20s\"".to_owned(),
-            );
+        for (key, d) in [
+            ("limits.header_read_timeout", l.header_read_timeout),
+            (
+                "limits.request_body_idle_timeout",
+                l.request_body_idle_timeout,
+            ),
+            (
+                "limits.response_body_idle_timeout",
+                l.response_body_idle_timeout,
+            ),
+        ] {
+            if d.is_zero() {
+                problems.push(format!(
+                    "{key} = \"0s\" is invalid: expected a positive duration such as \"20s\""
+                ));
+            }
+        }
+        if l.max_connections < 16 {
+            problems.push(format!(
+                "limits.max_connections = {} is invalid: expected at least 16 (agents' connections count too)",
+                l.max_connections
+            ));
         }
         let sizes = [
             (
@@ -151,6 +169,11 @@ impl Config {
                         t.id, self.server.host
                     ));
                 }
+            }
+        }
+        for (j, entry) in self.server.trusted_proxies.iter().enumerate() {
+            if let Err(why) = super::parse_net(entry) {
+                problems.push(format!("server.trusted_proxies[{j}] is invalid: {why}"));
             }
         }
         if self.tunnels.is_empty() {

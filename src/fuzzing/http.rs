@@ -103,7 +103,7 @@ fn routing_config(trust_forwarded: bool) -> &'static Arc<Config> {
     let configs = CONFIGS.get_or_init(|| {
         let load = |trust: bool| {
             let text = format!(
-                "[server]\npublic_domain = \"tunnels.example.com\"\ndefault_tunnel = \"app\"\ntrust_forwarded = {trust}\n[[tunnels]]\nid = \"app\"\n[[tunnels]]\nid = \"api\"\n"
+                "[server]\npublic_domain = \"tunnels.example.com\"\ndefault_tunnel = \"app\"\ntrust_forwarded = {trust}\ntrusted_proxies = [\"192.0.2.0/24\", \"10.0.0.0/8\", \"2001:db8::/32\"]\n[[tunnels]]\nid = \"app\"\n[[tunnels]]\nid = \"api\"\n"
             );
             let env = Default::default();
             Arc::new(Config::load_str(Some(&text), None, &env, &Overrides::default()).expect("valid"))
@@ -167,7 +167,11 @@ pub fn request_head(data: &[u8]) {
         peer,
         peer_ip: HeaderValue::from_static("192.0.2.7"),
         bound: Arc::default(),
+        conn: crate::gateway::policy::connections::ConnSlot::detached(),
     };
+    // Whom the X-Forwarded-For chain names (trusted proxies walk it).
+    let policies = crate::gateway::policy::Policies::build(config, None);
+    let _ = policies.client_address(&ctx, &req);
     let id = HeaderValue::from_static("0123456789abcdef");
     let allowed = crate::config::DEFAULT_UPGRADES.map(str::to_owned);
     let upgrade = upgrade::requested(req.headers(), &allowed);

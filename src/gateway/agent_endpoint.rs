@@ -80,7 +80,9 @@ pub(crate) async fn upgrade(
             format!("too many agents for tunnel '{tunnel}': it takes {max} at once"),
         );
     }
+    ctx.conn.upgraded();
     let accepted = Accepted {
+        conn: ctx.conn.clone(),
         tunnel,
         upstream: offer.upstream.clone(),
         peer: ctx.peer,

@@ -23,6 +23,8 @@ pub(crate) struct Accepted {
     pub(crate) peer: SocketAddr,
     pub(crate) heartbeat: Duration,
     pub(crate) grace: Duration,
+    /// The connection's place among the public ones, held while the session lives.
+    pub(crate) conn: Arc<crate::gateway::policy::connections::ConnSlot>,
 }
 
 /// Runs the session of an accepted agent, once its connection is upgraded, in a
@@ -54,6 +56,7 @@ pub(crate) fn start(state: &Arc<State>, accepted: Accepted, on_upgrade: OnUpgrad
                 peer,
                 heartbeat,
                 grace,
+                conn: _conn,
             } = accepted;
             let mut io = WsIo::new(
                 TokioIo::new(upgraded),

@@ -59,6 +59,17 @@ pub async fn run(config: Config, source: Source) -> Result<(), DaemonError> {
         ),
     }
 
+    // Each connection is a descriptor; a few dozen more go to the log files,
+    // the listener and the runtime.
+    if let Some(files) = crate::rt::raise_fd_limit()
+        && files < config.limits.max_connections as u64 + 64
+    {
+        tracing::warn!(
+            open_files = files,
+            max_connections = config.limits.max_connections,
+            "the open-file limit is below limits.max_connections: raise LimitNOFILE (the packaged unit sets 65536) or lower limits.max_connections"
+        );
+    }
     let listener = listener::bind(config.server.addr()).await?;
     let bound = listener.local_addr().unwrap_or(config.server.addr());
     let grace = config.timeouts.shutdown_grace;

@@ -44,6 +44,9 @@ pub(crate) enum ErrorKind {
     RateLimited(std::time::Duration),
     /// The tunnel has `max_concurrent_requests` in flight already.
     Busy(String),
+    /// The client's request body paused longer than
+    /// `limits.request_body_idle_timeout`.
+    BodyTimeout,
 }
 
 /// The methods a tunnel takes, for the `Allow` header of a 405.
@@ -65,6 +68,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -86,6 +90,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::RateLimited(_) => "rate_limited",
             ErrorKind::Busy(_) => "tunnel_busy",
+            ErrorKind::BodyTimeout => "body_timeout",
         }
     }
 
@@ -123,6 +128,7 @@ impl ErrorKind {
             ErrorKind::Busy(t) => {
                 format!("Tunnel '{t}' has too many requests in flight: retry shortly")
             }
+            ErrorKind::BodyTimeout => "The request body stopped arriving".to_owned(),
         }
     }
 
@@ -154,7 +160,7 @@ impl ErrorKind {
                 h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
             }
             // The rest of the body is not read: the connection cannot be reused.
-            ErrorKind::TooLarge(_) => {
+            ErrorKind::TooLarge(_) | ErrorKind::BodyTimeout => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ErrorKind::Unauthorized(realm, _) => {

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::policy::connections::{ConnSlot, Refused};
 use super::{ConnCtx, Gateway, dispatch};
 use crate::shutdown::Shutdown;
 
@@ -46,40 +47,73 @@ impl Gateway {
     /// Accepts connections until `shutdown` fires, then stops accepting and tells
     /// every connection to finish its current request and close. Returns when the
     /// listener is closed; connections finish on their own (see [`Shutdown::drain`]).
+    ///
+    /// At `limits.max_connections` it stops accepting (new connections wait in
+    /// the kernel's backlog) after asking an idle one to close; a client address
+    /// at `limits.max_connections_per_ip` gets 429 and its connection closed.
     pub async fn serve(&self, listener: TcpListener, shutdown: &Shutdown) {
+        let connections = self.state.connections.clone();
         loop {
+            let permit = tokio::select! {
+                permit = connections.permit() => permit,
+                _ = shutdown.stopped() => break,
+            };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        connections.accept_failed(&e);
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }
                 },
                 _ = shutdown.stopped() => break,
             };
-            let _ = stream.set_nodelay(true);
-            let this = self.clone();
+            let ip = peer.ip().to_canonical();
+            // A trusted proxy carries many clients: it is not one.
+            let exempt = self.state.policies.load().trusts(ip);
+            let per_ip = self.state.config().limits.max_connections_per_ip;
             let stop = shutdown.clone();
-            shutdown.spawn(async move { this.serve_connection(stream, peer, stop).await });
+            match connections.admit(ip, permit, per_ip, exempt) {
+                Ok(slot) => {
+                    let _ = stream.set_nodelay(true);
+                    let this = self.clone();
+                    shutdown.spawn(
+                        async move { this.serve_connection(stream, peer, slot, stop).await },
+                    );
+                }
+                Err(Refused::PerIp) => {
+                    tracing::debug!(%peer, "connection refused: limits.max_connections_per_ip is reached");
+                    shutdown.spawn(refuse_connection(stream));
+                }
+            }
         }
         self.state.draining.store(true, Ordering::Release);
         tracing::info!("stopped accepting connections");
     }
 
-    async fn serve_connection(self, stream: TcpStream, peer: SocketAddr, stop: Shutdown) {
+    async fn serve_connection(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: Arc<ConnSlot>,
+        stop: Shutdown,
+    ) {
         let ctx = ConnCtx {
             peer,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
             bound: Arc::default(),
+            conn: slot.clone(),
         };
         let limits = self.state.config().limits.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let gateway = self.clone();
             let ctx = ctx.clone();
             async move {
+                // Busy until the response head; a proxied body keeps it busy
+                // until its last byte (proxy::body::TrackedBody).
+                let _busy = ctx.conn.busy();
                 let resp = dispatch::dispatch(&gateway.state, &gateway.router, ctx, req).await;
                 Ok::<_, Infallible>(resp)
             }
@@ -104,6 +138,14 @@ impl Gateway {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
             }
+            _ = slot.asked_to_close() => {
+                // Idle, and its place is wanted: hyper closes an idle
+                // connection at once, and lets a request that just began finish.
+                conn.as_mut().graceful_shutdown();
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+            }
             _ = stop.stopped() => {
                 // Finish the request in progress (and its response), then close;
                 // at the end of the grace period, close anyway.
@@ -119,4 +161,16 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Answers a connection over its address's cap with 429 and closes it, within a
+/// second whatever the client does.
+async fn refuse_connection(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const ANSWER: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\nx-gateway-error: too_many_connections\r\nretry-after: 1\r\ncontent-length: 46\r\n\r\nToo many connections from your address: retry\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(ANSWER).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }

@@ -46,6 +46,8 @@ pub struct State {
     policies: ArcSwap<policy::Policies>,
     /// The connected agents.
     pub registry: Registry,
+    /// The public connections, counted against `[limits]`.
+    connections: Arc<policy::connections::Connections>,
     started: Instant,
     draining: AtomicBool,
     shutdown: Shutdown,
@@ -79,6 +81,8 @@ pub(crate) struct ConnCtx {
     pub(crate) peer_ip: HeaderValue,
     /// The upstream stream bound to this connection.
     pub(crate) bound: Arc<proxy::BoundSlot>,
+    /// The connection's place among the public connections.
+    pub(crate) conn: Arc<policy::connections::ConnSlot>,
 }
 
 impl Gateway {
@@ -87,6 +91,7 @@ impl Gateway {
     pub fn new(config: Config, shutdown: &Shutdown) -> Self {
         let state = Arc::new(State {
             policies: ArcSwap::from_pointee(policy::Policies::build(&config, None)),
+            connections: policy::connections::Connections::new(config.limits.max_connections),
             config: ArcSwap::from_pointee(config),
             registry: Registry::default(),
             started: Instant::now(),

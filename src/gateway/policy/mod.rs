@@ -18,6 +18,7 @@
 //! carry over a reload that keeps them.
 
 mod basic_auth;
+pub(crate) mod connections;
 mod rate;
 pub(crate) mod request;
 
@@ -41,6 +42,10 @@ use crate::config::{Config, TunnelConfig, parse_net};
 #[derive(Default)]
 pub(crate) struct Policies {
     by_tunnel: HashMap<String, Arc<TunnelPolicy>>,
+    /// `server.trusted_proxies`.
+    trusted: Vec<IpNet>,
+    /// `server.trust_forwarded`: every peer is a trusted proxy, one hop deep.
+    trust_all: bool,
 }
 
 /// One tunnel's policy, ready to check.
@@ -66,7 +71,45 @@ impl Policies {
                 (t.id.clone(), Arc::new(TunnelPolicy::build(t, before)))
             })
             .collect();
-        Policies { by_tunnel }
+        Policies {
+            by_tunnel,
+            trusted: nets(&config.server.trusted_proxies),
+            trust_all: config.server.trust_forwarded,
+        }
+    }
+
+    /// Whether `peer` is a proxy whose forwarding headers are believed.
+    pub(crate) fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trust_all || self.trusted.iter().any(|net| net.contains(&peer))
+    }
+
+    /// The client's address, for policy and limits: the peer's, or, when the
+    /// peer is a trusted proxy, the right-most `X-Forwarded-For` address that
+    /// is not one of `trusted_proxies` (with `trust_forwarded`, simply the
+    /// right-most: the one the proxy added). Addresses left of it are the
+    /// client's own claims and never believed.
+    pub(crate) fn client_address<B>(&self, ctx: &ConnCtx, req: &Request<B>) -> IpAddr {
+        let peer = ctx.peer.ip().to_canonical();
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        for value in req.headers().get_all(&X_FORWARDED_FOR).iter().rev() {
+            let Ok(value) = value.to_str() else {
+                return client;
+            };
+            for entry in value.rsplit(',') {
+                let Some(ip) = parse_forwarded_address(entry) else {
+                    return client;
+                };
+                client = ip.to_canonical();
+                if !self.trusted.iter().any(|net| net.contains(&client)) {
+                    return client;
+                }
+            }
+        }
+        client
     }
 
     pub(crate) fn of(&self, tunnel: &str) -> Option<Arc<TunnelPolicy>> {
@@ -76,7 +119,6 @@ impl Policies {
 
 impl TunnelPolicy {
     fn build(t: &TunnelConfig, before: Option<&Arc<TunnelPolicy>>) -> TunnelPolicy {
-        let nets = |list: &[String]| list.iter().filter_map(|e| parse_net(e).ok()).collect();
         let rate = t.rate_limit.as_ref().and_then(|wanted| {
             let kept = before
                 .and_then(|b| b.rate.clone())
@@ -92,6 +134,11 @@ impl TunnelPolicy {
             in_flight: before.map_or_else(Default::default, |b| b.in_flight.clone()),
         }
     }
+}
+
+/// The valid entries of an address list (validation reported the others).
+fn nets(list: &[String]) -> Vec<IpNet> {
+    list.iter().filter_map(|e| parse_net(e).ok()).collect()
 }
 
 /// A request's place among its tunnel's requests in flight, given back when
@@ -160,20 +207,6 @@ pub(crate) async fn admit<B>(
         return Err(ErrorKind::Busy(tunnel.id.clone()));
     }
     Ok(Admitted(Some(count.clone())))
-}
-
-/// The client's address, for policy: the peer's, or, when the operator trusts
-/// the proxy in front (`server.trust_forwarded`), the right-most address of
-/// `X-Forwarded-For` (the one that proxy added; those left of it are the
-/// client's own claims).
-pub(crate) fn client_address<B>(ctx: &ConnCtx, req: &Request<B>, trust_forwarded: bool) -> IpAddr {
-    let forwarded = trust_forwarded
-        .then(|| req.headers().get_all(&X_FORWARDED_FOR).iter().next_back())
-        .flatten()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(parse_forwarded_address);
-    forwarded.unwrap_or(ctx.peer.ip()).to_canonical()
 }
 
 /// `192.0.2.7`, `2001:db8::1`, `[2001:db8::1]:443` or `192.0.2.7:80`.

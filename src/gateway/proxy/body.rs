@@ -7,11 +7,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use super::super::policy::Admitted;
+use super::super::policy::connections::Busy;
 use super::super::registry::{IdleHolder, InFlight};
 use super::pool::BoundSlot;
 
@@ -34,6 +37,12 @@ pub(crate) struct BodyVerdict(AtomicU8);
 impl BodyVerdict {
     const MALFORMED: u8 = 1;
     const TOO_LARGE: u8 = 2;
+    const STALLED: u8 = 3;
+
+    /// The client paused longer than `limits.request_body_idle_timeout`.
+    pub(crate) fn stalled(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::STALLED
+    }
 
     /// The body could not be read: malformed chunks, or the client left mid-body.
     pub(crate) fn malformed(&self) -> bool {
@@ -52,16 +61,69 @@ pub(crate) struct ClientBody {
     inner: Incoming,
     seen: u64,
     limit: u64,
+    idle: IdleTimer,
     verdict: Arc<BodyVerdict>,
 }
 
 impl ClientBody {
-    pub(crate) fn new(inner: Incoming, limit: u64, verdict: Arc<BodyVerdict>) -> Self {
+    pub(crate) fn new(
+        inner: Incoming,
+        limit: u64,
+        idle: Duration,
+        verdict: Arc<BodyVerdict>,
+    ) -> Self {
         ClientBody {
             inner,
             seen: 0,
             limit,
+            idle: IdleTimer::new(idle),
             verdict,
+        }
+    }
+}
+
+/// Ends a body that pauses too long, cheaply: a timer is armed only once a
+/// read has to wait, and progress only notes the time; the timer is moved
+/// when it fires early, not at every frame.
+pub(crate) struct IdleTimer {
+    limit: Duration,
+    last: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    pub(crate) fn new(limit: Duration) -> Self {
+        IdleTimer {
+            limit,
+            last: Instant::now(),
+            sleep: None,
+        }
+    }
+
+    /// A frame came: the next pause counts from now.
+    fn progressed(&mut self) {
+        if self.sleep.is_some() {
+            self.last = Instant::now();
+        }
+    }
+
+    /// The body has nothing to give now: whether it has paused too long (else
+    /// the waker is registered for when it would have).
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let Some(sleep) = &mut self.sleep else {
+                self.last = Instant::now();
+                self.sleep = Some(Box::pin(tokio::time::sleep_until(self.last + self.limit)));
+                continue;
+            };
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.last + self.limit;
+            if Instant::now() >= due {
+                return true;
+            }
+            sleep.as_mut().reset(due);
         }
     }
 }
@@ -73,6 +135,8 @@ pub(crate) enum BodyError {
     Client(hyper::Error),
     #[error("the client's body is larger than max_request_body ({0} bytes)")]
     TooLarge(u64),
+    #[error("the client's body paused longer than limits.request_body_idle_timeout")]
+    Stalled,
 }
 
 impl hyper::body::Body for RequestBody {
@@ -89,6 +153,7 @@ impl hyper::body::Body for RequestBody {
         };
         match Pin::new(&mut body.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                body.idle.progressed();
                 if let Some(data) = frame.data_ref() {
                     body.seen += data.len() as u64;
                     if body.limit != 0 && body.seen > body.limit {
@@ -107,6 +172,12 @@ impl hyper::body::Body for RequestBody {
                 Poll::Ready(Some(Err(BodyError::Client(e))))
             }
             Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending if body.idle.poll_expired(cx) => {
+                body.verdict
+                    .0
+                    .store(BodyVerdict::STALLED, Ordering::Relaxed);
+                Poll::Ready(Some(Err(BodyError::Stalled)))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -134,6 +205,9 @@ pub(crate) struct TrackedBody {
     _in_flight: InFlight,
     /// The request's place among its tunnel's requests in flight.
     _admitted: Admitted,
+    /// The connection is busy (not idle, not to be closed for room) meanwhile.
+    _busy: Busy,
+    idle: IdleTimer,
     slot: Arc<BoundSlot>,
 }
 
@@ -142,12 +216,16 @@ impl TrackedBody {
         inner: Incoming,
         in_flight: InFlight,
         admitted: Admitted,
+        busy: Busy,
+        idle: Duration,
         slot: Arc<BoundSlot>,
     ) -> Self {
         TrackedBody {
             inner,
             _in_flight: in_flight,
             _admitted: admitted,
+            _busy: busy,
+            idle: IdleTimer::new(idle),
             slot,
         }
     }
@@ -159,15 +237,39 @@ impl Drop for TrackedBody {
     }
 }
 
+/// Why a response body stopped on its way to the client.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ResponseBodyError {
+    #[error("reading the upstream's body failed: {0}")]
+    Upstream(hyper::Error),
+    #[error("the upstream's body paused longer than limits.response_body_idle_timeout")]
+    Stalled,
+}
+
 impl hyper::body::Body for TrackedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.progressed();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ResponseBodyError::Upstream(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending if this.idle.poll_expired(cx) => {
+                tracing::info!(
+                    "response body ended: the upstream paused longer than limits.response_body_idle_timeout"
+                );
+                Poll::Ready(Some(Err(ResponseBodyError::Stalled)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {

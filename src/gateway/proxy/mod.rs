@@ -123,8 +123,9 @@ async fn proxy(
 ) -> Result<(Response<Body>, Arc<Agent>), ErrorKind> {
     let tunnel = route(config, &req, kind, host_tunnel)?;
     // A tunnel the configuration has has a policy: the two are swapped together.
-    let rules = state.policies.load().of(&tunnel.id).unwrap_or_default();
-    let client = policy::client_address(ctx, &req, config.server.trust_forwarded);
+    let policies = state.policies.load_full();
+    let rules = policies.of(&tunnel.id).unwrap_or_default();
+    let client = policies.client_address(ctx, &req);
     let admitted = policy::admit(tunnel, &rules, client, &mut req).await?;
 
     let upgrade = upgrade::requested(req.headers(), &tunnel.upgrades);
@@ -143,7 +144,7 @@ async fn proxy(
         ctx,
         id,
         upgrade,
-        config.server.trust_forwarded,
+        policies.trusts(ctx.peer.ip()),
         tunnel.forward_underscore_headers,
     );
 
@@ -160,6 +161,7 @@ async fn proxy(
         tunnel,
         wait: config.agent_wait(tunnel),
         upgrade,
+        body_idle: config.limits.request_body_idle_timeout,
     };
     let sent = send(&target, req, original_host, &found);
     let (resp, bound, in_flight) = match tokio::time::timeout(timeout, sent).await {
@@ -172,7 +174,7 @@ async fn proxy(
     let agent = bound.agent.clone();
     let resp = match client_upgrade {
         Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            upgrade::switch(resp, client, in_flight, &state.shutdown, id)
+            upgrade::switch(resp, client, in_flight, &ctx.conn, &state.shutdown, id)
         }
         // The upstream switched protocols unasked: passing that on would make
         // the connection something the gateway no longer understands.
@@ -186,7 +188,8 @@ async fn proxy(
             if !upgrade {
                 ctx.bound.put(bound);
             }
-            respond(resp, in_flight, admitted, ctx, id)
+            let idle = config.limits.response_body_idle_timeout;
+            respond(resp, in_flight, admitted, idle, ctx, id)
         }
     };
     Ok((resp, agent))
@@ -223,8 +226,14 @@ async fn send(
     let replay = Replay::of(&req);
     let verdict = Arc::new(BodyVerdict::default());
     let limit = target.tunnel.max_request_body;
-    let mut req =
-        req.map(|body| RequestBody::Client(ClientBody::new(body, limit, verdict.clone())));
+    let mut req = req.map(|body| {
+        RequestBody::Client(ClientBody::new(
+            body,
+            limit,
+            target.body_idle,
+            verdict.clone(),
+        ))
+    });
     let mut failed_on: Option<String> = None;
     loop {
         let mut bound = pool::acquire(target, failed_on.as_deref()).await?;
@@ -247,6 +256,9 @@ async fn send(
         let agent = &bound.agent.connection_id;
         if verdict.too_large() {
             return Err(ErrorKind::TooLarge(limit));
+        }
+        if verdict.stalled() {
+            return Err(ErrorKind::BodyTimeout);
         }
         if verdict.malformed() {
             tracing::debug!(%error, %agent, "the client's request body could not be read");
@@ -276,6 +288,8 @@ pub(crate) struct Target<'a> {
     pub(crate) tunnel: &'a TunnelConfig,
     pub(crate) wait: std::time::Duration,
     pub(crate) upgrade: bool,
+    /// `limits.request_body_idle_timeout`.
+    pub(crate) body_idle: std::time::Duration,
 }
 
 /// The head of a request that may be sent again after its agent failed: an
@@ -310,12 +324,20 @@ fn respond(
     resp: Response<Incoming>,
     in_flight: InFlight,
     admitted: policy::Admitted,
+    idle: std::time::Duration,
     ctx: &ConnCtx,
     id: &HeaderValue,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     parts.version = http::Version::HTTP_11;
     headers::prepare_response_headers(&mut parts.headers, id);
-    let body = body::TrackedBody::new(body, in_flight, admitted, ctx.bound.clone());
+    let body = body::TrackedBody::new(
+        body,
+        in_flight,
+        admitted,
+        ctx.conn.busy(),
+        idle,
+        ctx.bound.clone(),
+    );
     Response::from_parts(parts, Body::new(body))
 }

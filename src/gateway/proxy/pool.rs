@@ -74,6 +74,7 @@ pub(crate) async fn acquire(target: &Target<'_>, avoid: Option<&str>) -> Result<
         tunnel,
         wait,
         upgrade,
+        ..
     } = *target;
     if !upgrade
         && avoid.is_none()

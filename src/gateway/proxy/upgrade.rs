@@ -10,6 +10,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
+use std::sync::Arc;
+
+use super::super::policy::connections::ConnSlot;
 use super::super::registry::InFlight;
 use crate::protocol::REQUEST_ID_HEADER;
 use crate::shutdown::Shutdown;
@@ -47,11 +50,19 @@ pub(crate) fn switch(
     mut resp: Response<Incoming>,
     client: OnUpgrade,
     in_flight: InFlight,
+    conn: &Arc<ConnSlot>,
     shutdown: &Shutdown,
     id: &HeaderValue,
 ) -> Response<Body> {
     let upstream = hyper::upgrade::on(&mut resp);
-    let joined = join(client, upstream, in_flight.upgraded(), shutdown.clone());
+    conn.upgraded();
+    // The connection's place is held while the pipe is open.
+    let conn = conn.clone();
+    let stop = shutdown.clone();
+    let joined = async move {
+        join(client, upstream, in_flight.upgraded(), stop).await;
+        drop(conn);
+    };
     shutdown.spawn(joined.instrument(tracing::Span::current()));
     let (mut parts, _) = resp.into_parts();
     parts.headers.insert(REQUEST_ID_HEADER, id.clone());
