@@ -151,6 +151,7 @@ fn example_shows_every_key_and_only_known_keys() {
                 "default_tunnel",
                 "trust_forwarded",
                 "trusted_proxies",
+                "proxy_protocol",
                 "admin_token",
             ][..],
         ),

@@ -311,3 +311,79 @@ async fn a_stalled_response_body_is_ended_and_a_slow_one_passes() {
         .unwrap();
     assert_eq!(body, "0;1;2;3;4;5;6;7;8;9;");
 }
+
+/// A load balancer in front of `gateway`: each connection to it is relayed
+/// after a version 1 PROXY header naming 192.0.2.50 as the client.
+async fn proxy_protocol_balancer(gateway: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut upstream = TcpStream::connect(gateway).await?;
+                upstream
+                    .write_all(b"PROXY TCP4 192.0.2.50 10.0.0.1 50000 80\r\n")
+                    .await?;
+                tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+            });
+        }
+    });
+    addr
+}
+
+/// Behind a load balancer speaking the PROXY protocol, the client its header
+/// names is the one policy and the app see; a connection without a valid
+/// header, or from a peer that is not a trusted proxy, is closed unanswered.
+#[tokio::test]
+async fn the_proxy_protocol_names_the_client() {
+    let up = forwarded_for_upstream().await;
+    let gw = TestGateway::start(config_from(
+        "[server]\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n\
+         [[tunnels]]\nid = \"demo\"\ndeny_ips = [\"203.0.113.0/24\"]\n",
+    ))
+    .await;
+    // The agent comes through the balancer too.
+    let balancer = proxy_protocol_balancer(gw.addr).await;
+    let mut cfg = agent_config(&gw, "demo", None, &up.url());
+    cfg.gateway = format!("ws://{balancer}/ws");
+    let _agent = TestAgent::start_with(cfg)
+        .await
+        .expect("the agent connects");
+    gw.wait_agents("demo", 1).await;
+    let ask = |header: &'static [u8]| async move {
+        let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+        tcp.write_all(header).await.unwrap();
+        send_and_read(&mut tcp, CLOSE).await
+    };
+    let v1 = ask(b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 80\r\n").await;
+    assert!(v1.starts_with("HTTP/1.1 200"), "{v1}");
+    assert!(v1.ends_with("198.51.100.7"), "{v1}");
+    let denied = ask(b"PROXY TCP4 203.0.113.9 10.0.0.1 40000 80\r\n").await;
+    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+    v2.extend([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+    v2.extend([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    v2.extend([0x9c, 0x40, 0x00, 0x50]);
+    let v2: &'static [u8] = v2.leak();
+    let answer = ask(v2).await;
+    assert!(answer.ends_with("2001:db8::7"), "{answer}");
+    // No header: closed without an answer, and nothing reached the app.
+    assert_eq!(ask(b"").await, "");
+    assert_eq!(ask(b"PROXY TCP4 not-an-address\r\n").await, "");
+}
+
+/// The PROXY protocol is believed only from trusted proxies: another peer's
+/// connection is closed even with a well-formed header.
+#[tokio::test]
+async fn the_proxy_protocol_is_refused_from_an_untrusted_peer() {
+    let gw = TestGateway::start(config_from(
+        "[server]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
+         [[tunnels]]\nid = \"demo\"\n",
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 80\r\n")
+        .await
+        .unwrap();
+    assert_eq!(send_and_read(&mut tcp, CLOSE).await, "");
+}

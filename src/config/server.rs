@@ -35,6 +35,9 @@ pub struct ServerConfig {
     /// `X-Forwarded-For` that is not one of them. `trust_forwarded = true`
     /// trusts every peer, one hop deep.
     pub trusted_proxies: Vec<String>,
+    /// Connections start with a PROXY protocol header (v1 or v2) naming the
+    /// client; accepted only from `trusted_proxies`.
+    pub proxy_protocol: bool,
     /// When set, `GET /connections` requires `Authorization: Bearer <admin_token>`.
     pub admin_token: Option<Secret>,
 }
@@ -48,6 +51,7 @@ impl Default for ServerConfig {
             default_tunnel: None,
             trust_forwarded: false,
             trusted_proxies: Vec::new(),
+            proxy_protocol: false,
             admin_token: None,
         }
     }

@@ -171,6 +171,14 @@ impl Config {
                 }
             }
         }
+        if self.server.proxy_protocol
+            && self.server.trusted_proxies.is_empty()
+            && !self.server.trust_forwarded
+        {
+            problems.push(
+                "server.proxy_protocol = true needs server.trusted_proxies: the header is accepted only from the load balancers listed there".to_owned(),
+            );
+        }
         for (j, entry) in self.server.trusted_proxies.iter().enumerate() {
             if let Err(why) = super::parse_net(entry) {
                 problems.push(format!("server.trusted_proxies[{j}] is invalid: {why}"));

@@ -173,3 +173,20 @@ pub fn mux_input(data: &[u8]) {
     drop(streams);
     assert_eq!(shared.count().get(), 0, "a dropped stream is still counted");
 }
+
+/// `proxy_header`: the start of a connection from a trusted load balancer into
+/// the PROXY protocol reader. Whatever the bytes, it reads no further than the
+/// header it accepts, and the parser agrees with the reader on that header.
+pub fn proxy_header(data: &[u8]) {
+    use crate::transport::proxy_protocol::{parse, read_header};
+    use futures_util::FutureExt;
+    let mut rest = data;
+    // A slice is always ready: the read never waits.
+    let read = read_header(&mut rest).now_or_never();
+    if let Some(Ok(client)) = read {
+        let taken = data.len() - rest.len();
+        assert!(taken <= 16 + 1024, "read {taken} bytes of header");
+        let again = parse(&data[..taken]).expect("the header read parses alone");
+        assert_eq!(again, client);
+    }
+}

@@ -10,12 +10,13 @@
 //! | `mux_input` | frames, cut anywhere, into a yamux session as gateway and as agent, interleaved with reads, writes, half-closes and drops of its streams | the live-stream count matches the streams held and returns to zero; queued output stays bounded |
 //! | `handshake` | the `/ws` upgrade request's headers, the client's own request built from arbitrary values, and text as hello/control messages | an accepted offer's `101` is accepted by the client check; messages round-trip |
 //! | `config` | TOML text and `GATEWAY_*` variables into the loader | an accepted configuration validates, and loads again from its own `--check` output |
+//! | `proxy_header` | the first bytes of a connection from a trusted load balancer into the PROXY protocol reader (v1 and v2) | it reads no byte past the header it accepts, at most 1 KiB, and the parser agrees with it |
 //! | `request_head` | a request line and headers into routing, `/forward` targets and header rewriting | no CR/LF/NUL in any outgoing header, no hop-by-hop header forwarded, the upstream target stays a path |
 
 mod codec;
 mod http;
 
-pub use self::codec::{mux_input, ws_read};
+pub use self::codec::{mux_input, proxy_header, ws_read};
 pub use self::http::{config, handshake, request_head};
 
 /// Reads fuzz input a byte or a slice at a time; runs dry as zeros.
@@ -47,13 +48,14 @@ mod tests {
     fn seeds_pass_every_target() {
         let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 6] = [
+        let targets: [Target; 7] = [
             ("ws_read_server", |d| ws_read(Role::Server, d)),
             ("ws_read_client", |d| ws_read(Role::Client, d)),
             ("mux_input", mux_input),
             ("handshake", handshake),
             ("config", config),
             ("request_head", request_head),
+            ("proxy_header", proxy_header),
         ];
         for (name, run) in targets {
             run(b"");

@@ -13,9 +13,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::policy::connections::{ConnSlot, Refused};
 use super::{ConnCtx, Gateway, dispatch};
 use crate::shutdown::Shutdown;
+use crate::transport::proxy_protocol;
 
 /// Pause after a failed accept (EMFILE and friends), so that the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -69,27 +72,58 @@ impl Gateway {
                 },
                 _ = shutdown.stopped() => break,
             };
-            let ip = peer.ip().to_canonical();
-            // A trusted proxy carries many clients: it is not one.
-            let exempt = self.state.policies.load().trusts(ip);
-            let per_ip = self.state.config().limits.max_connections_per_ip;
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
             let stop = shutdown.clone();
-            match connections.admit(ip, permit, per_ip, exempt) {
-                Ok(slot) => {
-                    let _ = stream.set_nodelay(true);
-                    let this = self.clone();
-                    shutdown.spawn(
-                        async move { this.serve_connection(stream, peer, slot, stop).await },
-                    );
-                }
-                Err(Refused::PerIp) => {
-                    tracing::debug!(%peer, "connection refused: limits.max_connections_per_ip is reached");
-                    shutdown.spawn(refuse_connection(stream));
-                }
-            }
+            shutdown.spawn(async move { this.admit_connection(stream, peer, permit, stop).await });
         }
         self.state.draining.store(true, Ordering::Release);
         tracing::info!("stopped accepting connections");
+    }
+
+    /// Reads the PROXY header when one is due, counts the connection against
+    /// its client's cap, and serves it (or refuses it).
+    async fn admit_connection(
+        self,
+        mut stream: TcpStream,
+        mut peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        stop: Shutdown,
+    ) {
+        let config = self.state.config();
+        let policies = self.state.policies.load_full();
+        if config.server.proxy_protocol {
+            if !policies.trusts(peer.ip()) {
+                tracing::debug!(%peer, "connection closed: server.proxy_protocol is on and the peer is not a trusted proxy");
+                return;
+            }
+            let read = proxy_protocol::read_header(&mut stream);
+            match tokio::time::timeout(config.limits.header_read_timeout, read).await {
+                Ok(Ok(Some(client))) => peer = client,
+                // The proxy's own connection (a health check): it is the client.
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "connection closed: no valid PROXY protocol header");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "connection closed: no PROXY protocol header in time");
+                    return;
+                }
+            }
+        }
+        let ip = peer.ip().to_canonical();
+        // A trusted proxy carries many clients: it is not one.
+        let exempt = policies.trusts(ip);
+        let per_ip = config.limits.max_connections_per_ip;
+        drop(config);
+        match self.state.connections.admit(ip, permit, per_ip, exempt) {
+            Ok(slot) => self.serve_connection(stream, peer, slot, stop).await,
+            Err(Refused::PerIp) => {
+                tracing::debug!(%peer, "connection refused: limits.max_connections_per_ip is reached");
+                refuse_connection(stream).await;
+            }
+        }
     }
 
     async fn serve_connection(

@@ -16,6 +16,7 @@
 
 mod handle;
 pub mod mux;
+pub mod proxy_protocol;
 pub mod session;
 pub mod ws;
 
