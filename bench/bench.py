@@ -261,7 +261,17 @@ def start_nginx(procs, d, port):
     return master, workers[0], url
 
 
-def start_gateway(procs, bins, d, name):
+# An access policy that lets every request through, for --policy: what the
+# admission checks cost when they allow.
+ALLOW_ALL_POLICY = (
+    'allow_ips = ["0.0.0.0/0", "::/0"]\n'
+    'deny_ips = ["192.0.2.0/24"]\n'
+    'rate_limit = { requests = 1000000000, per = "1s" }\n'
+    "max_concurrent_requests = 1000000\n"
+)
+
+
+def start_gateway(procs, bins, d, name, policy=""):
     port = free_port()
     conf = d / f"{name}.toml"
     base = (
@@ -273,7 +283,7 @@ def start_gateway(procs, bins, d, name):
         "[log]\n"
         'level = "warn"\n\n'
         "[[tunnels]]\n"
-        f'id = "{TUNNEL}"\n'
+        f'id = "{TUNNEL}"\n' + policy
     )
     # 10,000 idle agents and 1,000 client connections, all from 127.0.0.1: above
     # the default connection caps. Binaries older than [limits] max_connections
@@ -439,17 +449,29 @@ def load_phase(procs, bins, d, nginx_worker, upstream, args):
     """Every scenario, direct and through a fresh gateway + agent; d is nginx's dir."""
     gw, gw_url = start_gateway(procs, bins, procs.workdir, "gateway")
     agent = start_agent(procs, bins, gw_url, upstream, "agent")
+    # --policy: a second gateway and agent, the same but for an allow-all
+    # access policy, measured in the same rounds on the small requests.
+    policy_pids = None
+    if args.policy:
+        gwp, gwp_url = start_gateway(procs, bins, procs.workdir, "gateway-policy", ALLOW_ALL_POLICY)
+        agentp = start_agent(procs, bins, gwp_url, upstream, "agent-policy")
+        policy_pids = {"gateway": gwp.pid, "agent": agentp.pid, "nginx": nginx_worker}
     time.sleep(1)  # settle before the idle figures (readiness was polled above)
     idle = {"gateway_kib": proc_status(gw.pid)["VmRSS"], "agent_kib": proc_status(agent.pid)["VmRSS"]}
-    pids = {"gateway": gw.pid, "agent": agent.pid, "nginx": nginx_worker}
+    pids = tunnel_pids = {"gateway": gw.pid, "agent": agent.pid, "nginx": nginx_worker}
     targets = {"direct": upstream, "tunnel": gw_url}
+    if args.policy:
+        targets["policy"] = gwp_url
     checks = {cfg: check_post_reads_body(url, d) for cfg, url in targets.items()}
     log(f"nginx read the whole 1 MiB POST body: {checks}")
     runs = []
-    total = args.rounds * len(SCENARIOS) * 2
+    configs = lambda sid: ("direct", "tunnel", "policy") if args.policy and sid in report.SMALL \
+        else ("direct", "tunnel")  # noqa: E731
+    total = args.rounds * sum(len(configs(sc[0])) for sc in SCENARIOS)
     for rnd in range(1, args.rounds + 1):
         for sid, label, path, conns, script in SCENARIOS:
-            for cfg in ("direct", "tunnel"):
+            for cfg in configs(sid):
+                pids = policy_pids if cfg == "policy" else tunnel_pids
                 url = targets[cfg] + path
                 log(f"[{len(runs) + 1}/{total}] round {rnd} {label} {cfg}")
                 procs.check_alive(gw, agent)
@@ -487,6 +509,9 @@ def load_phase(procs, bins, d, nginx_worker, upstream, args):
                     f"errors {w['errors']}; other processes busy {other['other_busy_ms']} ms, "
                     f"steal {other['steal_ms']} ms")
     warnings = (procs.workdir / "gateway.log").read_text(errors="replace").splitlines()
+    if args.policy:
+        procs.stop(agentp)
+        procs.stop(gwp)
     procs.stop(agent)
     procs.stop(gw)
     return runs, checks, idle, warnings[-50:]
@@ -540,6 +565,8 @@ def main():
     ap.add_argument("--no-memory", action="store_true", help="skip the idle-agents memory phase")
     ap.add_argument("--strict", action="store_true", help="exit 2 when any run had errors "
                     "(for a smoke test: the figures themselves are never judged)")
+    ap.add_argument("--policy", action="store_true", help="also measure the small requests "
+                    "through a gateway with an allow-all access policy, in the same rounds")
     ap.add_argument("--bins", type=Path, help="directory holding gateway, gateway-agent and "
                     "examples/many_agents (default: ROOT/target/release); for comparing builds")
     args = ap.parse_args()

@@ -80,8 +80,10 @@ def summarize(data):
     for s in data["scenarios"]:
         sid = s["id"]
         row = {"label": s["label"]}
-        for cfg in ("direct", "tunnel"):
+        for cfg in ("direct", "tunnel", "policy"):
             runs = [r for r in data["runs"] if r["scenario"] == sid and r["config"] == cfg]
+            if not runs and cfg == "policy":
+                continue
             per_k = lambda r, who: (  # noqa: E731  ms of CPU per 1000 requests
                 sum(r["cpu_ms"][w] for w in who) * 1000 / r["wrk"]["requests"]
                 if r["wrk"]["requests"] else None
@@ -105,6 +107,8 @@ def summarize(data):
             }
         d, tu = row["direct"], row["tunnel"]
         row["ratio"] = tu["rps"] / d["rps"] if d["rps"] else None
+        if "policy" in row and d["rps"]:
+            row["policy_ratio"] = row["policy"]["rps"] / d["rps"]
         row["rounds_ratio"] = [
             round(a / b, 3) for a, b in zip(tu["rounds_rps"], d["rounds_rps"]) if b
         ]
@@ -202,6 +206,15 @@ def markdown(data):
             for row in s["scenarios"].values()
         ),
     ]
+    with_policy = [row for row in s["scenarios"].values() if "policy" in row]
+    if with_policy:
+        lines += ["", "Allow-all access policy (IP lists, rate limit, concurrency cap), same rounds: "
+                  + "; ".join(
+                      f"{row['label']} ratio {row['ratio']:.2f} without, "
+                      f"{row['policy_ratio']:.2f} with; gateway CPU per request "
+                      f"{row['tunnel']['cpu_ms_per_1000']['gateway']:.1f} / "
+                      f"{row['policy']['cpu_ms_per_1000']['gateway']:.1f} µs"
+                      for row in with_policy)]
     noise = [(r.get("machine_noise") or {}, r["wall_seconds"]) for r in data["runs"]]
     busy = [n.get("other_busy_ms", 0) / (w * 10) for n, w in noise]
     steal = [n.get("steal_ms", 0) / (w * 10) for n, w in noise]

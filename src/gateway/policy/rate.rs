@@ -67,11 +67,12 @@ impl Limiter {
 
     /// Takes a token for `client`, or says how long until one is there.
     pub(crate) fn check(&self, client: IpAddr) -> Result<(), Duration> {
-        let clock = DefaultClock::default();
+        // The limiter's own clock: making one (quanta calibrates it) costs
+        // far more than the check.
         match &self.buckets {
             Buckets::Tunnel(limiter) => limiter
                 .check()
-                .map_err(|not_until| not_until.wait_time_from(clock.now())),
+                .map_err(|not_until| not_until.wait_time_from(limiter.clock().now())),
             Buckets::Clients {
                 limiter,
                 swept,
@@ -90,7 +91,7 @@ impl Limiter {
                 }
                 limiter
                     .check_key(&bucket_key(client))
-                    .map_err(|not_until| not_until.wait_time_from(clock.now()))
+                    .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
             }
         }
     }
