@@ -110,6 +110,7 @@ fn keys_from_code() -> BTreeMap<&'static str, BTreeSet<String>> {
         ("timeouts", keys(&json["timeouts"])),
         ("limits", keys(&json["limits"])),
         ("log", keys(&json["log"])),
+        ("admin", keys(&json["admin"])),
         ("tunnels", keys(&json["tunnels"][0])),
     ])
 }
@@ -182,6 +183,7 @@ fn example_shows_every_key_and_only_known_keys() {
             "log",
             &["level", "directory", "file", "rotation", "keep", "format"][..],
         ),
+        ("admin", &["enabled", "host", "port"][..]),
         ("tunnels", &TUNNEL_KEYS[..]),
     ]);
     for (section, keys) in &listed {
@@ -251,6 +253,10 @@ fn code_defaults() -> BTreeMap<String, Value> {
         ("timeouts", serde_json::to_value(Timeouts::default())),
         ("limits", serde_json::to_value(Limits::default())),
         ("log", serde_json::to_value(LogConfig::default())),
+        (
+            "admin",
+            serde_json::to_value(config::AdminConfig::default()),
+        ),
     ];
     for (name, value) in sections {
         for (k, v) in value.expect("serializes").as_object().expect("a table") {

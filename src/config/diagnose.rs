@@ -386,7 +386,7 @@ mod tests {
     fn field_names_come_from_the_types() {
         assert_eq!(
             fields_of::<Config>(),
-            &["server", "timeouts", "limits", "log", "tunnels"]
+            &["server", "timeouts", "limits", "log", "admin", "tunnels"]
         );
         assert!(fields_of::<ServerConfig>().contains(&"admin_token"));
         assert_eq!(fields_of::<u16>(), &[] as &[&str]);

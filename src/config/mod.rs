@@ -21,6 +21,7 @@
 //! values, and a test parses that file so it cannot rot.
 
 mod access;
+mod admin;
 mod diagnose;
 pub mod example;
 mod limits;
@@ -37,6 +38,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use self::access::{HashScheme, RateKey, RateLimit, parse_credential, parse_net};
+pub use self::admin::{AdminConfig, DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT};
 pub(crate) use self::diagnose::size::show as show_size;
 pub use self::limits::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP,
@@ -76,6 +78,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
     /// `[[tunnels]]`.
     pub tunnels: Vec<TunnelConfig>,
 }
@@ -113,6 +117,9 @@ restart_only!(
     server.host,
     server.port,
     limits.max_connections,
+    admin.enabled,
+    admin.host,
+    admin.port,
     log.directory,
     log.file,
     log.rotation,
@@ -198,6 +205,7 @@ impl Config {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             log: LogConfig::default(),
+            admin: AdminConfig::default(),
             tunnels: vec![TunnelConfig::open(DEMO_TUNNEL)],
         }
     }
@@ -268,6 +276,7 @@ impl Config {
         let timeouts = diagnose::section(&map, "timeouts", &from_env, &mut problems);
         let limits = diagnose::section(&map, "limits", &from_env, &mut problems);
         let log = diagnose::section(&map, "log", &from_env, &mut problems);
+        let admin = diagnose::section(&map, "admin", &from_env, &mut problems);
         let (tunnels, refused) = match map.get("tunnels") {
             None if toml_text.is_none() => (vec![TunnelConfig::open(DEMO_TUNNEL)], 0),
             None => (Vec::new(), 0),
@@ -279,6 +288,7 @@ impl Config {
             timeouts,
             limits,
             log,
+            admin,
             tunnels,
         };
         if let Some(host) = overrides.host {

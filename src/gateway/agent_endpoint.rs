@@ -14,7 +14,16 @@ use super::{ConnCtx, State};
 use crate::protocol::REASON_HEADER;
 use crate::transport::ws::handshake;
 
-fn refuse(status: StatusCode, reason: String) -> Response<Body> {
+/// Refuses an agent: counted by `code` (and its tunnel, when configured) and
+/// logged with the reason.
+fn refuse(
+    state: &State,
+    tunnel: Option<&str>,
+    code: &'static str,
+    status: StatusCode,
+    reason: String,
+) -> Response<Body> {
+    state.metrics.agent_refused(tunnel, code);
     tracing::warn!(status = status.as_u16(), %reason, "agent refused");
     let mut resp = Response::new(Body::from(format!("{reason}\n")));
     *resp.status_mut() = status;
@@ -35,16 +44,30 @@ pub(crate) async fn upgrade(
 ) -> Response<Body> {
     let Some(ctx) = req.extensions().get::<ConnCtx>().cloned() else {
         return refuse(
+            &state,
+            None,
+            "internal",
             StatusCode::INTERNAL_SERVER_ERROR,
             "missing connection context".into(),
         );
     };
     let offer = match handshake::check_request(req.headers()) {
         Ok(offer) => offer,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            return refuse(
+                &state,
+                None,
+                "bad_handshake",
+                StatusCode::BAD_REQUEST,
+                e.to_string(),
+            );
+        }
     };
     if state.is_draining() {
         return refuse(
+            &state,
+            None,
+            "draining",
             StatusCode::SERVICE_UNAVAILABLE,
             "the gateway is shutting down; retry shortly".into(),
         );
@@ -52,12 +75,18 @@ pub(crate) async fn upgrade(
     let config = state.config();
     let Some(tunnel) = offer.tunnel.clone() else {
         return refuse(
+            &state,
+            None,
+            "missing_tunnel",
             StatusCode::BAD_REQUEST,
             "missing X-Tunnel-Id header: the agent must name its tunnel".into(),
         );
     };
     let Some(tunnel_cfg) = config.tunnel(&tunnel) else {
         return refuse(
+            &state,
+            None,
+            "unknown_tunnel",
             StatusCode::FORBIDDEN,
             format!("unknown tunnel '{tunnel}': it is not configured on this gateway"),
         );
@@ -69,13 +98,22 @@ pub(crate) async fn upgrade(
         } else {
             format!("wrong token for tunnel '{tunnel}'")
         };
-        return refuse(StatusCode::UNAUTHORIZED, reason);
+        return refuse(
+            &state,
+            Some(&tunnel),
+            "bad_token",
+            StatusCode::UNAUTHORIZED,
+            reason,
+        );
     }
     let max = tunnel_cfg.max_agents;
     if max != 0 && state.registry.agents_of(&tunnel).len() >= max {
         // 429: the agent retries with its backoff, and gets in once one leaves
         // (or a dead one's heartbeat runs out).
         return refuse(
+            &state,
+            Some(&tunnel),
+            "too_many_agents",
             StatusCode::TOO_MANY_REQUESTS,
             format!("too many agents for tunnel '{tunnel}': it takes {max} at once"),
         );

@@ -83,6 +83,7 @@ pub(crate) fn start(state: &Arc<State>, accepted: Accepted, on_upgrade: OnUpgrad
                 return;
             }
             let session = Session::client_with(io, queue);
+            state.metrics.agent_connected(&agent.tunnel);
             tracing::info!(upstream = agent.upstream.as_deref().unwrap_or("-"), "agent connected");
 
             // The agent announces its departure: route nothing new to it.
@@ -121,6 +122,13 @@ pub(crate) fn start(state: &Arc<State>, accepted: Accepted, on_upgrade: OnUpgrad
             let end = session.run(stop, grace).await;
             agent.set_draining();
             state.registry.remove(&connection_id);
+            let reason = match &end {
+                SessionEnd::Closed => "closed",
+                SessionEnd::Drained { .. } if agent.was_evicted() => "evicted",
+                SessionEnd::Drained { .. } => "drained",
+                SessionEnd::Failed(_) => "failed",
+            };
+            state.metrics.agent_disconnected(&agent.tunnel, reason);
             match end {
                 SessionEnd::Closed => tracing::info!("agent disconnected"),
                 SessionEnd::Drained { unfinished_streams } => {

@@ -75,11 +75,26 @@ pub async fn run(config: Config, source: Source) -> Result<(), DaemonError> {
     let grace = config.timeouts.shutdown_grace;
     let tunnels = config.tunnel_ids().join(", ");
     let shutdown = Shutdown::new();
+    let config_admin = config.admin.clone();
     let gateway = Gateway::new(config, &shutdown);
     tracing::info!(%bound, %tunnels, version = crate::VERSION, "listening on {bound}");
     systemd::ready(&format!("listening on {bound}"));
     tokio::spawn(systemd::watchdog(shutdown.token()));
 
+    if config_admin.enabled {
+        // The admin pages are a window, not the service: a port already in
+        // use is logged, and the gateway serves on without them.
+        match listener::bind(config_admin.addr()).await {
+            Ok(admin) => {
+                let addr = admin.local_addr().unwrap_or(config_admin.addr());
+                tracing::info!(%addr, "admin listening on {addr} (/metrics, /health, /connections)");
+                gateway.serve_admin(admin, &shutdown);
+            }
+            Err(e) => {
+                tracing::error!("admin listener off: {e}; set [admin] port, or enabled = false")
+            }
+        }
+    }
     let serve = gateway.serve(listener, &shutdown);
     tokio::pin!(serve);
     let mut serve_done = false;
@@ -145,6 +160,7 @@ fn reload(source: &Source, gateway: &Gateway, telemetry: &Telemetry) {
             systemd::status("configuration reloaded");
         }
         Err(e) => {
+            gateway.state().metrics.reloaded(false);
             // One line per problem, each at error level, so that a search for
             // the level finds every one.
             for problem in e.problems() {

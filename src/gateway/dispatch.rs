@@ -63,14 +63,14 @@ pub(crate) async fn dispatch(
 ) -> Response<Body> {
     let config = state.config();
     if let Err(e) = policy::request::check(&mut req, &config.limits) {
-        return proxy::refuse(&ctx, &req, &e);
+        return proxy::refuse(state, &ctx, &req, &e);
     }
     let kind = match routing::route_by_host(&config, &req) {
         HostRoute::Tunnel(tunnel) => {
             return proxy::handle(state, &config, &ctx, req, Kind::Direct, Some(tunnel)).await;
         }
         HostRoute::UnknownTunnel(name) => {
-            return proxy::refuse(&ctx, &req, &ErrorKind::UnknownTunnel(name));
+            return proxy::refuse(state, &ctx, &req, &ErrorKind::UnknownTunnel(name));
         }
         HostRoute::Gateway => match req.uri().path() {
             path if OWN.iter().any(|(own, _)| *own == path) => {

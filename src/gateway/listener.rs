@@ -94,6 +94,7 @@ impl Gateway {
         let policies = self.state.policies.load_full();
         if config.server.proxy_protocol {
             if !policies.trusts(peer.ip()) {
+                self.state.metrics.connection_refused("untrusted_proxy");
                 tracing::debug!(%peer, "connection closed: server.proxy_protocol is on and the peer is not a trusted proxy");
                 return;
             }
@@ -103,10 +104,12 @@ impl Gateway {
                 // The proxy's own connection (a health check): it is the client.
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
+                    self.state.metrics.connection_refused("proxy_header");
                     tracing::debug!(%peer, error = %e, "connection closed: no valid PROXY protocol header");
                     return;
                 }
                 Err(_) => {
+                    self.state.metrics.connection_refused("proxy_header");
                     tracing::debug!(%peer, "connection closed: no PROXY protocol header in time");
                     return;
                 }

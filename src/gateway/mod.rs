@@ -17,6 +17,7 @@ pub mod daemon;
 mod dispatch;
 mod error;
 pub mod listener;
+pub mod metrics;
 mod observe;
 pub(crate) mod policy;
 pub(crate) mod proxy;
@@ -46,6 +47,8 @@ pub struct State {
     policies: ArcSwap<policy::Policies>,
     /// The connected agents.
     pub registry: Registry,
+    /// What the gateway counts, for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
     /// The public connections, counted against `[limits]`.
     connections: Arc<policy::connections::Connections>,
     started: Instant,
@@ -89,9 +92,14 @@ impl Gateway {
     /// A gateway with `config`; `shutdown` is the daemon's: every connection and
     /// agent session listens to its stop and is tracked by it.
     pub fn new(config: Config, shutdown: &Shutdown) -> Self {
+        let metrics = Arc::new(metrics::Metrics::new(&config));
         let state = Arc::new(State {
             policies: ArcSwap::from_pointee(policy::Policies::build(&config, None)),
-            connections: policy::connections::Connections::new(config.limits.max_connections),
+            connections: policy::connections::Connections::new(
+                config.limits.max_connections,
+                metrics.clone(),
+            ),
+            metrics,
             config: ArcSwap::from_pointee(config),
             registry: Registry::default(),
             started: Instant::now(),
@@ -100,6 +108,13 @@ impl Gateway {
         });
         let router = dispatch::router(state.clone());
         Gateway { state, router }
+    }
+
+    /// Serves the admin pages (`/metrics`, `/health`, `/connections`) on
+    /// `listener`, in a task tracked by `shutdown`.
+    pub fn serve_admin(&self, listener: tokio::net::TcpListener, shutdown: &Shutdown) {
+        let state = self.state.clone();
+        shutdown.spawn(admin::listener::serve(state, listener, shutdown.clone()));
     }
 
     /// The shared state (for tests and the daemon).

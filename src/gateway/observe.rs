@@ -1,12 +1,15 @@
 //! Observation: what happened to a request, recorded once, when its answer's
 //! head is ready (from the upstream, or the gateway's own refusal): the access
-//! log (target `gateway::access`) today; metrics and the inspector hook in here,
-//! for HTTP requests and, later, raw TCP connections alike. The body streams on
-//! after that; what happens to it is not observed yet.
+//! log (target `gateway::access`) and the metrics ([`super::metrics`]); the
+//! inspector hooks in here too, for HTTP requests and, later, raw TCP
+//! connections alike. The body streams on after that; its bytes are counted
+//! as they pass (`proxy::body`).
 
 use std::time::Instant;
 
-use http::StatusCode;
+use http::{Method, StatusCode};
+
+use super::metrics::Metrics;
 
 /// How a request ended.
 pub(crate) enum Outcome<'a> {
@@ -19,9 +22,24 @@ pub(crate) enum Outcome<'a> {
     },
 }
 
+/// What is known of a request when it is observed: its tunnel ("" when none
+/// configured matched) and method.
+pub(crate) struct Seen<'a> {
+    pub(crate) metrics: &'a Metrics,
+    pub(crate) tunnel: &'a str,
+    pub(crate) method: &'a Method,
+}
+
 /// Records the outcome of a request that started at `started`.
-pub(crate) fn observe(outcome: &Outcome<'_>, started: Instant) {
-    let ms = started.elapsed().as_millis() as u64;
+pub(crate) fn observe(seen: &Seen<'_>, outcome: &Outcome<'_>, started: Instant) {
+    let elapsed = started.elapsed();
+    let (status, error, head) = match outcome {
+        Outcome::Answered { status, .. } => (*status, None, Some(elapsed)),
+        Outcome::Refused { status, error } => (*status, Some(*error), None),
+    };
+    seen.metrics
+        .observe(seen.tunnel, seen.method, status, error, head);
+    let ms = elapsed.as_millis() as u64;
     match outcome {
         Outcome::Answered { status, agent } => tracing::info!(
             target: "gateway::access",

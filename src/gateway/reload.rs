@@ -38,6 +38,8 @@ impl Gateway {
         }
         let policies = super::policy::Policies::build(&new, Some(&self.state.policies.load()));
         self.state.policies.store(Arc::new(policies));
+        self.state.metrics.configured(&new);
+        self.state.metrics.reloaded(true);
         self.state.config.store(Arc::new(new));
         report
     }

@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::Serialize;
 
+pub(crate) mod listener;
+
 use super::{ConnCtx, State};
 use crate::auth::{bearer_token, secret_matches};
 
@@ -57,7 +59,7 @@ pub(crate) async fn connections(
             )
                 .into_response();
         }
-        None if !from_this_machine(&client, &headers) => {
+        None if !from_this_machine(client.peer, &headers) => {
             return (
                 StatusCode::FORBIDDEN,
                 "/connections is only open to this machine: set server.admin_token to reach it from elsewhere\n",
@@ -72,8 +74,8 @@ pub(crate) async fn connections(
 /// Whether a request comes from this machine: a loopback peer that is not a
 /// proxy passing on someone else's request (it would say so in
 /// `X-Forwarded-For` or `Forwarded`, whether or not the gateway trusts those).
-fn from_this_machine(client: &ConnCtx, headers: &http::HeaderMap) -> bool {
-    client.peer.ip().to_canonical().is_loopback()
+fn from_this_machine(peer: std::net::SocketAddr, headers: &http::HeaderMap) -> bool {
+    peer.ip().to_canonical().is_loopback()
         && !headers.contains_key("x-forwarded-for")
         && !headers.contains_key(http::header::FORWARDED)
 }

@@ -19,11 +19,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use dashmap::DashMap;
+
+use super::super::metrics::{GaugeGuard, Metrics};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// The public connections, counted.
 pub(crate) struct Connections {
     permits: Arc<Semaphore>,
+    pub(crate) metrics: Arc<Metrics>,
     per_ip: DashMap<IpAddr, usize>,
     /// Open connections, oldest first, for [`Connections::close_idle`]; dead
     /// entries are pruned as it grows.
@@ -41,6 +44,7 @@ pub(crate) struct ConnSlot {
     owner: Option<Arc<Connections>>,
     ip: Option<IpAddr>,
     _permit: Option<OwnedSemaphorePermit>,
+    _open: Option<GaugeGuard>,
 }
 
 /// Marks a connection busy until dropped (a request and its response body).
@@ -62,6 +66,7 @@ impl ConnSlot {
             owner: None,
             ip: None,
             _permit: None,
+            _open: None,
         })
     }
 
@@ -101,9 +106,10 @@ pub(crate) enum Refused {
 }
 
 impl Connections {
-    pub(crate) fn new(max: usize) -> Arc<Connections> {
+    pub(crate) fn new(max: usize, metrics: Arc<Metrics>) -> Arc<Connections> {
         Arc::new(Connections {
             permits: Arc::new(Semaphore::new(max)),
+            metrics,
             per_ip: DashMap::new(),
             by_age: Mutex::new(VecDeque::new()),
             max,
@@ -139,6 +145,7 @@ impl Connections {
         if counted {
             let mut n = self.per_ip.entry(ip).or_insert(0);
             if *n >= per_ip {
+                self.metrics.connection_refused("per_ip");
                 return Err(Refused::PerIp);
             }
             *n += 1;
@@ -149,6 +156,7 @@ impl Connections {
             owner: counted.then(|| self.clone()),
             ip: counted.then_some(ip),
             _permit: Some(permit),
+            _open: Some(GaugeGuard::new(self.metrics.connections_open.clone())),
         });
         let mut by_age = self.by_age.lock().unwrap_or_else(|e| e.into_inner());
         if by_age.len() >= 2 * self.max {
@@ -195,7 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn per_ip_and_idle_connections() {
-        let conns = Connections::new(2);
+        let conns = Connections::new(2, Arc::new(Metrics::new(&crate::Config::defaults())));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let a = conns.admit(ip, conns.permit().await, 1, false).unwrap();
         let p = conns.permit().await;

@@ -35,6 +35,7 @@ use self::basic_auth::{Credentials, Refusal};
 use self::rate::Limiter;
 use super::ConnCtx;
 use super::error::ErrorKind;
+use super::metrics::GaugeGuard;
 use super::proxy::headers::X_FORWARDED_FOR;
 use crate::config::{Config, TunnelConfig, parse_net};
 
@@ -142,13 +143,17 @@ fn nets(list: &[String]) -> Vec<IpNet> {
 }
 
 /// A request's place among its tunnel's requests in flight, given back when
-/// dropped (with the response's last byte).
+/// dropped (with the response's last byte), and its count in the metrics.
 #[derive(Default)]
-pub(crate) struct Admitted(Option<Arc<AtomicUsize>>);
+pub(crate) struct Admitted {
+    slot: Option<Arc<AtomicUsize>>,
+    /// `gateway_requests_in_flight` for the tunnel, set by the proxy.
+    pub(crate) gauge: Option<GaugeGuard>,
+}
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        if let Some(count) = &self.0 {
+        if let Some(count) = &self.slot {
             count.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -199,14 +204,17 @@ pub(crate) async fn admit<B>(
         return Err(ErrorKind::TooLarge(limit));
     }
     if policy.max_in_flight == 0 {
-        return Ok(Admitted(None));
+        return Ok(Admitted::default());
     }
     let count = &policy.in_flight;
     if count.fetch_add(1, Ordering::AcqRel) >= policy.max_in_flight {
         count.fetch_sub(1, Ordering::AcqRel);
         return Err(ErrorKind::Busy(tunnel.id.clone()));
     }
-    Ok(Admitted(Some(count.clone())))
+    Ok(Admitted {
+        slot: Some(count.clone()),
+        gauge: None,
+    })
 }
 
 /// `192.0.2.7`, `2001:db8::1`, `[2001:db8::1]:443` or `192.0.2.7:80`.

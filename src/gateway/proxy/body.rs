@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Instant, Sleep};
 
 use super::super::policy::Admitted;
@@ -59,6 +60,8 @@ impl BodyVerdict {
 /// ends with an error instead of more data, so the upstream never gets more.
 pub(crate) struct ClientBody {
     inner: Incoming,
+    /// `gateway_request_bytes_total` of the tunnel.
+    bytes: Counter,
     seen: u64,
     limit: u64,
     idle: IdleTimer,
@@ -68,12 +71,14 @@ pub(crate) struct ClientBody {
 impl ClientBody {
     pub(crate) fn new(
         inner: Incoming,
+        bytes: Counter,
         limit: u64,
         idle: Duration,
         verdict: Arc<BodyVerdict>,
     ) -> Self {
         ClientBody {
             inner,
+            bytes,
             seen: 0,
             limit,
             idle: IdleTimer::new(idle),
@@ -156,6 +161,7 @@ impl hyper::body::Body for RequestBody {
                 body.idle.progressed();
                 if let Some(data) = frame.data_ref() {
                     body.seen += data.len() as u64;
+                    body.bytes.inc_by(data.len() as u64);
                     if body.limit != 0 && body.seen > body.limit {
                         body.verdict
                             .0
@@ -202,6 +208,8 @@ impl hyper::body::Body for RequestBody {
 /// agent that has started draining is released, so the agent can finish.
 pub(crate) struct TrackedBody {
     inner: Incoming,
+    /// `gateway_response_bytes_total` of the tunnel.
+    bytes: Counter,
     _in_flight: InFlight,
     /// The request's place among its tunnel's requests in flight.
     _admitted: Admitted,
@@ -214,6 +222,7 @@ pub(crate) struct TrackedBody {
 impl TrackedBody {
     pub(crate) fn new(
         inner: Incoming,
+        bytes: Counter,
         in_flight: InFlight,
         admitted: Admitted,
         busy: Busy,
@@ -222,6 +231,7 @@ impl TrackedBody {
     ) -> Self {
         TrackedBody {
             inner,
+            bytes,
             _in_flight: in_flight,
             _admitted: admitted,
             _busy: busy,
@@ -258,6 +268,9 @@ impl hyper::body::Body for TrackedBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.progressed();
+                if let Some(data) = frame.data_ref() {
+                    this.bytes.inc_by(data.len() as u64);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ResponseBodyError::Upstream(e)))),

@@ -31,7 +31,8 @@ use tracing::Instrument;
 use self::body::{BodyVerdict, ClientBody, RequestBody};
 pub(crate) use self::pool::BoundSlot;
 use super::error::{ErrorKind, wants_json};
-use super::observe::{Outcome, observe};
+use super::metrics::{GaugeGuard, RequestMetrics};
+use super::observe::{Outcome, Seen, observe};
 use super::registry::{Agent, InFlight};
 use super::request_id::request_id;
 use super::routing::{self, Kind};
@@ -50,12 +51,25 @@ pub(crate) async fn handle(
     let id = request_id(&req);
     let span = request_span(ctx, &req, &id);
     let started = Instant::now();
+    let method = req.method().clone();
     async move {
         let json = wants_json(req.headers());
-        match proxy(state, config, ctx, req, kind, host_tunnel, &id).await {
+        let routed = route(config, &req, kind, host_tunnel);
+        let tunnel = routed.as_ref().map_or("", |t| t.id.as_str());
+        let result = match routed {
+            Ok(t) => proxy(state, config, ctx, req, kind, t, &id).await,
+            Err(e) => Err(e),
+        };
+        let seen = Seen {
+            metrics: &state.metrics,
+            tunnel,
+            method: &method,
+        };
+        match result {
             Ok((resp, agent)) => {
                 let status = resp.status();
                 observe(
+                    &seen,
                     &Outcome::Answered {
                         status,
                         agent: &agent.connection_id,
@@ -68,6 +82,7 @@ pub(crate) async fn handle(
                 let resp = e.response_as(json, &id);
                 let status = resp.status();
                 observe(
+                    &seen,
                     &Outcome::Refused {
                         status,
                         error: e.code(),
@@ -98,11 +113,22 @@ fn request_span<B>(ctx: &ConnCtx, req: &Request<B>, id: &HeaderValue) -> tracing
 
 /// The gateway's answer to a request it refuses before routing it (see
 /// [`super::policy::request`]), observed like any other.
-pub(crate) fn refuse<B>(ctx: &ConnCtx, req: &Request<B>, e: &ErrorKind) -> Response<Body> {
+pub(crate) fn refuse<B>(
+    state: &State,
+    ctx: &ConnCtx,
+    req: &Request<B>,
+    e: &ErrorKind,
+) -> Response<Body> {
     let id = request_id(req);
     let _span = request_span(ctx, req, &id).entered();
     let resp = e.response(req, &id);
+    let seen = Seen {
+        metrics: &state.metrics,
+        tunnel: "",
+        method: req.method(),
+    };
     observe(
+        &seen,
         &Outcome::Refused {
             status: resp.status(),
             error: e.code(),
@@ -118,15 +144,16 @@ async fn proxy(
     ctx: &ConnCtx,
     mut req: Request<Incoming>,
     kind: Kind,
-    host_tunnel: Option<String>,
+    tunnel: &TunnelConfig,
     id: &HeaderValue,
 ) -> Result<(Response<Body>, Arc<Agent>), ErrorKind> {
-    let tunnel = route(config, &req, kind, host_tunnel)?;
+    let counted = state.metrics.request(&tunnel.id);
     // A tunnel the configuration has has a policy: the two are swapped together.
     let policies = state.policies.load_full();
     let rules = policies.of(&tunnel.id).unwrap_or_default();
     let client = policies.client_address(ctx, &req);
-    let admitted = policy::admit(tunnel, &rules, client, &mut req).await?;
+    let mut admitted = policy::admit(tunnel, &rules, client, &mut req).await?;
+    admitted.gauge = Some(GaugeGuard::new(counted.in_flight.clone()));
 
     let upgrade = upgrade::requested(req.headers(), &tunnel.upgrades);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -162,6 +189,7 @@ async fn proxy(
         wait: config.agent_wait(tunnel),
         upgrade,
         body_idle: config.limits.request_body_idle_timeout,
+        counted: &counted,
     };
     let sent = send(&target, req, original_host, &found);
     let (resp, bound, in_flight) = match tokio::time::timeout(timeout, sent).await {
@@ -174,7 +202,16 @@ async fn proxy(
     let agent = bound.agent.clone();
     let resp = match client_upgrade {
         Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            upgrade::switch(resp, client, in_flight, &ctx.conn, &state.shutdown, id)
+            let open = GaugeGuard::new(state.metrics.upgrade(&tunnel.id));
+            upgrade::switch(
+                resp,
+                client,
+                in_flight,
+                open,
+                &ctx.conn,
+                &state.shutdown,
+                id,
+            )
         }
         // The upstream switched protocols unasked: passing that on would make
         // the connection something the gateway no longer understands.
@@ -189,7 +226,8 @@ async fn proxy(
                 ctx.bound.put(bound);
             }
             let idle = config.limits.response_body_idle_timeout;
-            respond(resp, in_flight, admitted, idle, ctx, id)
+            let bytes = counted.response_bytes.clone();
+            respond(resp, bytes, in_flight, admitted, idle, ctx, id)
         }
     };
     Ok((resp, agent))
@@ -229,6 +267,7 @@ async fn send(
     let mut req = req.map(|body| {
         RequestBody::Client(ClientBody::new(
             body,
+            target.counted.request_bytes.clone(),
             limit,
             target.body_idle,
             verdict.clone(),
@@ -290,6 +329,8 @@ pub(crate) struct Target<'a> {
     pub(crate) upgrade: bool,
     /// `limits.request_body_idle_timeout`.
     pub(crate) body_idle: std::time::Duration,
+    /// The tunnel's series in the metrics.
+    pub(crate) counted: &'a RequestMetrics,
 }
 
 /// The head of a request that may be sent again after its agent failed: an
@@ -322,6 +363,7 @@ impl Replay {
 /// Respond: the upstream's answer, its body streamed to the client.
 fn respond(
     resp: Response<Incoming>,
+    bytes: prometheus_client::metrics::counter::Counter,
     in_flight: InFlight,
     admitted: policy::Admitted,
     idle: std::time::Duration,
@@ -333,6 +375,7 @@ fn respond(
     headers::prepare_response_headers(&mut parts.headers, id);
     let body = body::TrackedBody::new(
         body,
+        bytes,
         in_flight,
         admitted,
         ctx.conn.busy(),

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use std::sync::Arc;
 
+use super::super::metrics::GaugeGuard;
 use super::super::policy::connections::ConnSlot;
 use super::super::registry::InFlight;
 use crate::protocol::REQUEST_ID_HEADER;
@@ -50,6 +51,7 @@ pub(crate) fn switch(
     mut resp: Response<Incoming>,
     client: OnUpgrade,
     in_flight: InFlight,
+    open: GaugeGuard,
     conn: &Arc<ConnSlot>,
     shutdown: &Shutdown,
     id: &HeaderValue,
@@ -61,7 +63,7 @@ pub(crate) fn switch(
     let stop = shutdown.clone();
     let joined = async move {
         join(client, upstream, in_flight.upgraded(), stop).await;
-        drop(conn);
+        drop((conn, open));
     };
     shutdown.spawn(joined.instrument(tracing::Span::current()));
     let (mut parts, _) = resp.into_parts();

@@ -48,6 +48,8 @@ pub struct Agent {
     pub(crate) release_upgrades: CancellationToken,
     /// Fires when the gateway wants this session closed (tunnel revoked by a reload).
     pub(crate) evicted: Notify,
+    /// Whether [`Agent::evict`] was called (for the metrics' disconnect reason).
+    revoked: AtomicBool,
     /// Public connections that opened a stream to this agent and may keep it idle
     /// for their next request. Told to let go when the agent drains: otherwise an
     /// idle keep-alive stream would hold the agent's drain until its grace period
@@ -77,6 +79,7 @@ impl Agent {
             settled: Notify::new(),
             release_upgrades: CancellationToken::new(),
             evicted: Notify::new(),
+            revoked: AtomicBool::new(false),
             idle_holders: Mutex::new(Vec::new()),
         }
     }
@@ -119,8 +122,15 @@ impl Agent {
         !self.draining.load(Ordering::Acquire) && !self.session.is_closed()
     }
 
+    /// Whether the gateway closed this agent's session because a reload
+    /// revoked its tunnel or token.
+    pub(crate) fn was_evicted(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
     /// Stops routing to this agent and closes its session.
     pub(crate) fn evict(&self) {
+        self.revoked.store(true, Ordering::Release);
         self.set_draining();
         self.evicted.notify_one();
     }
