@@ -128,7 +128,8 @@ pub(crate) fn start(state: &Arc<State>, accepted: Accepted, on_upgrade: OnUpgrad
                 SessionEnd::Drained { .. } => "drained",
                 SessionEnd::Failed(_) => "failed",
             };
-            state.metrics.agent_disconnected(&agent.tunnel, reason);
+            let configured = state.config().tunnel(&agent.tunnel).is_some();
+            state.metrics.agent_disconnected(&agent.tunnel, reason, configured);
             match end {
                 SessionEnd::Closed => tracing::info!("agent disconnected"),
                 SessionEnd::Drained { unfinished_streams } => {

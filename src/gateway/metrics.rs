@@ -216,7 +216,20 @@ impl Metrics {
             };
             let _ = self.agents.get_or_create(&label);
             let _ = self.in_flight.get_or_create(&label);
+            let _ = self.upgrades_open.get_or_create(&label);
         }
+    }
+
+    /// Drops the gauges of a tunnel a reload removed, so that it does not look
+    /// like a configured tunnel without an agent forever. (Its counters stay:
+    /// Prometheus reads them as they were.)
+    pub(crate) fn forget(&self, tunnel: &str) {
+        let label = TunnelLabel {
+            tunnel: tunnel.to_owned(),
+        };
+        self.agents.remove(&label);
+        self.in_flight.remove(&label);
+        self.upgrades_open.remove(&label);
     }
 
     /// The series of a request to `tunnel`.
@@ -281,12 +294,16 @@ impl Metrics {
         self.agent_connects.get_or_create(&label).inc();
     }
 
-    pub(crate) fn agent_disconnected(&self, tunnel: &str, reason: &'static str) {
-        self.agents
-            .get_or_create(&TunnelLabel {
-                tunnel: tunnel.to_owned(),
-            })
-            .dec();
+    /// An agent session of `tunnel` ended; `configured`: the tunnel is still in
+    /// the configuration (else its gauge is gone, see [`Metrics::forget`]).
+    pub(crate) fn agent_disconnected(&self, tunnel: &str, reason: &'static str, configured: bool) {
+        if configured {
+            self.agents
+                .get_or_create(&TunnelLabel {
+                    tunnel: tunnel.to_owned(),
+                })
+                .dec();
+        }
         self.agent_disconnects
             .get_or_create(&ReasonLabels {
                 tunnel: tunnel.to_owned(),
@@ -520,5 +537,8 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
+        // A tunnel a reload removed has no gauge left to say it lacks an agent.
+        m.forget("demo");
+        assert!(!m.encode().contains("gateway_agents_connected{"));
     }
 }

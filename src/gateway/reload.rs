@@ -38,6 +38,9 @@ impl Gateway {
         }
         let policies = super::policy::Policies::build(&new, Some(&self.state.policies.load()));
         self.state.policies.store(Arc::new(policies));
+        for gone in old.tunnels.iter().filter(|t| new.tunnel(&t.id).is_none()) {
+            self.state.metrics.forget(&gone.id);
+        }
         self.state.metrics.configured(&new);
         self.state.metrics.reloaded(true);
         self.state.config.store(Arc::new(new));
