@@ -50,6 +50,18 @@ async fn read_to_close(tcp: &mut TcpStream) -> String {
     String::from_utf8_lossy(&seen).into_owned()
 }
 
+/// A connection that was served once (so surely counted) and is kept open.
+async fn served_and_kept(addr: std::net::SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    tcp.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    tcp
+}
+
 const CLOSE: &[u8] = b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
 /// One address may hold `max_connections_per_ip` connections (the agent's
@@ -66,15 +78,7 @@ async fn connections_per_address_are_capped() {
     // The agent holds one; these three make four.
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-        // Served, so surely counted, and kept open (keep-alive).
-        tcp.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 12];
-        tcp.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"HTTP/1.1 200");
-        held.push(tcp);
+        held.push(served_and_kept(gw.addr).await);
     }
     let mut fifth = TcpStream::connect(gw.addr).await.unwrap();
     let answer = send_and_read(&mut fifth, CLOSE).await;
@@ -188,14 +192,7 @@ async fn a_trusted_proxy_is_not_capped_per_address() {
     .await;
     let mut held = Vec::new();
     for _ in 0..5 {
-        let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-        tcp.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 12];
-        tcp.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"HTTP/1.1 200");
-        held.push(tcp);
+        held.push(served_and_kept(gw.addr).await);
     }
 }
 
