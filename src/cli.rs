@@ -94,6 +94,10 @@ pub struct AgentCli {
     /// tunnel, so that an app that starts slower than its agent gets no 502s.
     #[arg(long)]
     pub wait_upstream: bool,
+    /// Serve the agent's own metrics (streams, upstream failures, bytes,
+    /// reconnects) at http://ADDR/metrics, e.g. 127.0.0.1:9101.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl AgentCli {

@@ -446,3 +446,72 @@ async fn exits_at_once_with_no_stream_left(mut agent: Process) {
     );
     assert!(log.contains("unfinished_streams=0"), "{log}");
 }
+
+/// `--metrics`: the agent's own scrape counts its streams, the bytes it copied,
+/// the streams its upstream refused, and says it is connected.
+#[tokio::test]
+async fn the_agent_serves_its_metrics() {
+    let gw = TestGateway::start_default().await;
+    // An upstream that is up, and a port where nothing listens.
+    let up = TestUpstream::start().await;
+    let (ws, upstream) = (gw.ws_url(), up.url());
+    let agent = Process::agent(&[
+        "--gateway",
+        &ws,
+        "--tunnel",
+        "demo",
+        "--upstream",
+        &upstream,
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    gw.wait_agents("demo", 1).await;
+    for _ in 0..3 {
+        let resp = client().get(gw.url("/about")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    drop(up);
+    let resp = client().get(gw.url("/about")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let line = agent.wait_line_async("metrics on http://").await;
+    let url = line
+        .split("metrics on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the metrics URL")
+        .to_owned();
+    let scrape = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        scrape
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{scrape}"))
+    };
+    assert!(value("agent_streams_total ") >= 4.0, "{scrape}");
+    assert_eq!(
+        value("agent_upstream_connect_failures_total "),
+        1.0,
+        "{scrape}"
+    );
+    assert!(
+        value("agent_upstream_bytes_total{direction=\"down\"}") > 0.0,
+        "{scrape}"
+    );
+    assert!(
+        value("agent_upstream_bytes_total{direction=\"up\"}") > 0.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        value(&format!("agent_gateway_connected{{gateway=\"{ws}\"}}")),
+        1.0,
+        "{scrape}"
+    );
+}

@@ -18,6 +18,7 @@
 pub mod backoff;
 pub mod config;
 pub mod dial;
+pub mod metrics;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -122,9 +123,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
                     cfg.gateway, connected.hello.tunnel, connected.hello.connection_id
                 );
                 let since = Instant::now();
+                metrics::metrics().connected(&cfg.gateway, true);
                 let end = connected
                     .serve(upstream.clone(), shutdown.clone(), cfg.grace)
                     .await;
+                metrics::metrics().connected(&cfg.gateway, false);
                 match end {
                     SessionEnd::Drained { unfinished_streams } => {
                         tracing::info!(unfinished_streams, "disconnected from the gateway");
@@ -136,6 +139,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
                     SessionEnd::Failed(reason) => {
                         tracing::warn!(%reason, "tunnel lost; reconnecting")
                     }
+                }
+                if !shutdown.is_cancelled() {
+                    metrics::metrics().reconnecting(&cfg.gateway);
                 }
                 backoff.connected_for(since.elapsed());
             }

@@ -99,30 +99,40 @@ pub(crate) async fn wait_until_up(upstream: &Upstream, every: Duration) {
 }
 
 pub(crate) async fn splice(mut stream: StreamIo, upstream: Arc<Upstream>) {
+    let m = super::metrics::metrics();
+    m.streams.inc();
+    m.streams_open.inc();
+    splice_counted(&mut stream, &upstream).await;
+    m.streams_open.dec();
+}
+
+async fn splice_counted(stream: &mut StreamIo, upstream: &Upstream) {
     let addr = (upstream.host.as_str(), upstream.port);
     let tcp = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return unreachable_upstream(&mut stream, &upstream, &e.to_string()).await,
+        Ok(Err(e)) => return unreachable_upstream(stream, upstream, &e.to_string()).await,
         Err(_) => {
             let why = format!("no answer within {UPSTREAM_CONNECT_TIMEOUT:?}");
-            return unreachable_upstream(&mut stream, &upstream, &why).await;
+            return unreachable_upstream(stream, upstream, &why).await;
         }
     };
     let _ = tcp.set_nodelay(true);
     let mut tcp = tcp;
     let copied = tokio::io::copy_bidirectional_with_sizes(
-        &mut stream,
+        stream,
         &mut tcp,
         protocol::COPY_BUFFER,
         protocol::COPY_BUFFER,
     )
     .await;
-    if let Err(e) = copied {
-        tracing::debug!(stream = stream.id(), error = %e, "stream ended with an error");
+    match copied {
+        Ok((up, down)) => super::metrics::metrics().copied(up, down),
+        Err(e) => tracing::debug!(stream = stream.id(), error = %e, "stream ended with an error"),
     }
 }
 
 async fn unreachable_upstream(stream: &mut StreamIo, upstream: &Upstream, why: &str) {
+    super::metrics::metrics().upstream_failures.inc();
     tracing::warn!(upstream = %upstream.display(), reason = %why, "cannot reach the upstream");
     let body = format!(
         "502 Bad Gateway\n\nThe gateway agent could not reach the upstream at {} ({}:{}): {}.\n\

@@ -33,6 +33,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG as u8);
             }
         };
+        if let Some(addr) = cli.metrics {
+            tokio::spawn(agent::metrics::serve(addr));
+        }
         match agent::run_until_signalled(configs).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
