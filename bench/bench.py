@@ -128,8 +128,12 @@ def poll_until(what, check, timeout, interval=0.05):
 
 
 def http_get(url, timeout=2):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.status, r.read()
+    """Status and body; an error status (a 503 "starting" /health) is an answer too."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
 
 
 # --------------------------------------------------------------------------- /proc
@@ -300,9 +304,10 @@ def start_gateway(procs, bins, d, name, policy=""):
     url = f"http://127.0.0.1:{port}"
 
     def healthy():
+        # Up and serving: "ok", or "starting" (503) while its tunnel has no
+        # agent yet, which is what the agent started next will fix.
         procs.check_alive(p)
-        status, body = http_get(url + "/health")
-        return status == 200 and json.loads(body)["status"] == "ok"
+        return json.loads(http_get(url + "/health")[1])["status"] in ("ok", "starting")
 
     poll_until(f"{name} /health", healthy, 15)
     return p, url

@@ -50,16 +50,30 @@ async fn defaults_health_and_sigterm_exit_zero() {
     let mut d = Process::gateway(&["--port", "0"], &[]);
     let addr = d.addr();
     d.wait_line("running on built-in defaults");
+    // Just started, its tunnel without an agent: not ready for a load
+    // balancer yet, but alive.
+    let health = format!("http://{addr}/health");
+    let resp = client().get(&health).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "starting");
+    assert_eq!(body["agents"], 0);
+    assert!(body["version"].is_string() && body["uptime_secs"].is_number());
     let resp = client()
-        .get(format!("http://{addr}/health"))
+        .get(format!("http://{addr}/health/live"))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body["status"], "ok");
-    assert_eq!(body["agents"], 0);
-    assert!(body["version"].is_string() && body["uptime_secs"].is_number());
+    // Ready once timeouts.agent_wait (5 s) has passed, agent or not: a tunnel
+    // whose agent is not coming must not keep the node out for ever.
+    let started = std::time::Instant::now();
+    eventually!(
+        within Duration::from_secs(10) =>
+            client().get(&health).send().await.is_ok_and(|r| r.status() == 200),
+        "ready after the start-up window"
+    );
+    assert!(started.elapsed() < Duration::from_secs(7));
 
     // Without an agent, proxied routes say so.
     let resp = client()
@@ -403,7 +417,7 @@ async fn sighup_reloads_tunnels() {
         "{log}"
     );
     let resp = client()
-        .get(format!("http://{addr}/health"))
+        .get(format!("http://{addr}/health/live"))
         .send()
         .await
         .unwrap();

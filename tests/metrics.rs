@@ -854,7 +854,7 @@ async fn open_connections_are_gauged() {
     for _ in 0..2 {
         let mut tcp = TcpStream::connect(d.public).await.expect("connect");
         // Answered, so surely accepted, and kept alive.
-        tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        tcp.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .expect("write");
         let mut status = [0u8; 12];

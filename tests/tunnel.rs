@@ -354,15 +354,18 @@ async fn admin_token_guards_connections() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "[]");
-    // /health stays open for load balancers, and is traceable too.
+    // /health stays open for load balancers (no token), and is traceable
+    // too; with no agent yet, it says the gateway is starting.
     let resp = c
         .get(gw.url("/health"))
         .header("x-request-id", "lb-probe-1")
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["x-request-id"], "lb-probe-1");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "starting");
 }
 
 /// An upstream that answers `name` on every path.

@@ -22,8 +22,9 @@ use crate::protocol::{REQUEST_ID_HEADER, WS_PATH};
 
 /// The gateway's own endpoints on the public listener. The router is built from
 /// this list, and [`dispatch`] sends exactly these paths to it.
-const OWN: [(&str, Own); 3] = [
+const OWN: [(&str, Own); 4] = [
     ("/health", Own::Health),
+    ("/health/live", Own::Live),
     ("/connections", Own::Connections),
     (WS_PATH, Own::Agents),
 ];
@@ -31,6 +32,7 @@ const OWN: [(&str, Own); 3] = [
 #[derive(Clone, Copy)]
 enum Own {
     Health,
+    Live,
     Connections,
     Agents,
 }
@@ -39,6 +41,7 @@ impl Own {
     fn handler(self) -> MethodRouter<Arc<State>> {
         match self {
             Own::Health => get(admin::health),
+            Own::Live => get(admin::live),
             Own::Connections => get(admin::connections),
             Own::Agents => get(agent_endpoint::upgrade),
         }

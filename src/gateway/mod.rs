@@ -52,6 +52,8 @@ pub struct State {
     /// The public connections, counted against `[limits]`.
     connections: Arc<policy::connections::Connections>,
     started: Instant,
+    /// Latched once the gateway is ready (see [`State::is_ready`]).
+    ready: AtomicBool,
     draining: AtomicBool,
     shutdown: Shutdown,
 }
@@ -60,6 +62,28 @@ impl State {
     /// The configuration in force (replaced as a whole by a reload).
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// Whether the gateway is ready for traffic, as `/health` tells load
+    /// balancers: once every configured tunnel has an agent, or once
+    /// `timeouts.agent_wait` has passed since the start (a tunnel whose agent
+    /// is not coming must not keep the node out for ever). A gateway that just
+    /// (re)started answers before its agents have reconnected; this keeps a
+    /// balancer on the other nodes meanwhile. Once ready, it stays ready.
+    pub fn is_ready(&self) -> bool {
+        if self.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        let config = self.config();
+        let ready = self.started.elapsed() >= config.timeouts.agent_wait
+            || config
+                .tunnels
+                .iter()
+                .all(|t| self.registry.select(&t.id).is_some());
+        if ready {
+            self.ready.store(true, Ordering::Release);
+        }
+        ready
     }
 
     /// Whether the gateway has stopped accepting connections.
@@ -103,6 +127,7 @@ impl Gateway {
             config: ArcSwap::from_pointee(config),
             registry: Registry::default(),
             started: Instant::now(),
+            ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             shutdown: shutdown.clone(),
         });

@@ -17,7 +17,7 @@ use http::{HeaderValue, StatusCode, header};
 use tokio::net::TcpListener;
 
 use super::super::State;
-use super::{from_this_machine, health};
+use super::{from_this_machine, health, live};
 use crate::auth::{bearer_token, secret_matches};
 use crate::gateway::metrics::CONTENT_TYPE;
 use crate::shutdown::Shutdown;
@@ -40,7 +40,7 @@ pub(crate) async fn serve(state: Arc<State>, listener: TcpListener, shutdown: Sh
 /// Which page a path asks for, whatever prefix comes before it.
 fn page_of(path: &str) -> Option<&'static str> {
     let last = path.trim_end_matches('/').rsplit('/').next()?;
-    ["metrics", "health", "connections"]
+    ["metrics", "health", "live", "connections"]
         .into_iter()
         .find(|p| *p == last)
 }
@@ -59,6 +59,9 @@ async fn page(
     };
     if which == "health" {
         return health(AxState(state)).await;
+    }
+    if which == "live" {
+        return live(AxState(state)).await;
     }
     let local = from_this_machine(peer, req.headers());
     let config = state.config();

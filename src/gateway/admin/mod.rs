@@ -24,21 +24,41 @@ struct Health {
     agents: usize,
 }
 
-/// `GET /health`: 200 while serving, 503 while draining.
+/// `GET /health`, the readiness a load balancer checks: 200 `ok` while
+/// serving; 503 `starting` until the agents are back after a start (see
+/// [`State::is_ready`]), and 503 `draining` once stopping.
 pub(crate) async fn health(AxState(state): AxState<Arc<State>>) -> Response {
-    let draining = state.is_draining();
+    let status = if state.is_draining() {
+        "draining"
+    } else if !state.is_ready() {
+        "starting"
+    } else {
+        "ok"
+    };
     let body = Health {
-        status: if draining { "draining" } else { "ok" },
+        status,
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: state.started.elapsed().as_secs(),
         agents: state.registry.len(),
     };
-    let code = if draining {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
+    let code = if status == "ok" {
         StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+/// `GET /health/live`: the liveness a supervisor checks: 200 while the process
+/// answers at all, starting and draining included (restarting a node that is
+/// waiting for its agents would not bring them back sooner).
+pub(crate) async fn live(AxState(state): AxState<Arc<State>>) -> Response {
+    let body = serde_json::json!({
+        "status": "alive",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.started.elapsed().as_secs(),
+    });
+    (StatusCode::OK, Json(body)).into_response()
 }
 
 /// `GET /connections`: the connected agents, oldest first. With
