@@ -454,29 +454,37 @@ def load_phase(procs, bins, d, nginx_worker, upstream, args):
     """Every scenario, direct and through a fresh gateway + agent; d is nginx's dir."""
     gw, gw_url = start_gateway(procs, bins, procs.workdir, "gateway")
     agent = start_agent(procs, bins, gw_url, upstream, "agent")
-    # --policy: a second gateway and agent, the same but for an allow-all
-    # access policy, measured in the same rounds on the small requests.
-    policy_pids = None
+    # Extra configurations, measured in the same rounds on the small requests,
+    # each a second gateway and agent: --policy, the same build with an
+    # allow-all access policy; --versus=DIR, another build (an earlier commit).
+    extra = {}
     if args.policy:
-        gwp, gwp_url = start_gateway(procs, bins, procs.workdir, "gateway-policy", ALLOW_ALL_POLICY)
-        agentp = start_agent(procs, bins, gwp_url, upstream, "agent-policy")
-        policy_pids = {"gateway": gwp.pid, "agent": agentp.pid, "nginx": nginx_worker}
+        extra["policy"] = (bins, ALLOW_ALL_POLICY)
+    if args.versus:
+        extra["versus"] = (args.versus, "")
+    extra_procs = {}
+    for cfg, (cfg_bins, policy) in extra.items():
+        gwx, gwx_url = start_gateway(procs, cfg_bins, procs.workdir, f"gateway-{cfg}", policy)
+        agentx = start_agent(procs, cfg_bins, gwx_url, upstream, f"agent-{cfg}")
+        extra_procs[cfg] = (gwx, agentx, gwx_url)
     time.sleep(1)  # settle before the idle figures (readiness was polled above)
     idle = {"gateway_kib": proc_status(gw.pid)["VmRSS"], "agent_kib": proc_status(agent.pid)["VmRSS"]}
-    pids = tunnel_pids = {"gateway": gw.pid, "agent": agent.pid, "nginx": nginx_worker}
+    pids_of = {"tunnel": {"gateway": gw.pid, "agent": agent.pid, "nginx": nginx_worker}}
+    pids_of["direct"] = pids_of["tunnel"]
     targets = {"direct": upstream, "tunnel": gw_url}
-    if args.policy:
-        targets["policy"] = gwp_url
+    for cfg, (gwx, agentx, gwx_url) in extra_procs.items():
+        targets[cfg] = gwx_url
+        pids_of[cfg] = {"gateway": gwx.pid, "agent": agentx.pid, "nginx": nginx_worker}
     checks = {cfg: check_post_reads_body(url, d) for cfg, url in targets.items()}
     log(f"nginx read the whole 1 MiB POST body: {checks}")
     runs = []
-    configs = lambda sid: ("direct", "tunnel", "policy") if args.policy and sid in report.SMALL \
+    configs = lambda sid: ("direct", "tunnel", *extra) if sid in report.SMALL \
         else ("direct", "tunnel")  # noqa: E731
     total = args.rounds * sum(len(configs(sc[0])) for sc in SCENARIOS)
     for rnd in range(1, args.rounds + 1):
         for sid, label, path, conns, script in SCENARIOS:
             for cfg in configs(sid):
-                pids = policy_pids if cfg == "policy" else tunnel_pids
+                pids = pids_of[cfg]
                 url = targets[cfg] + path
                 log(f"[{len(runs) + 1}/{total}] round {rnd} {label} {cfg}")
                 procs.check_alive(gw, agent)
@@ -514,9 +522,9 @@ def load_phase(procs, bins, d, nginx_worker, upstream, args):
                     f"errors {w['errors']}; other processes busy {other['other_busy_ms']} ms, "
                     f"steal {other['steal_ms']} ms")
     warnings = (procs.workdir / "gateway.log").read_text(errors="replace").splitlines()
-    if args.policy:
-        procs.stop(agentp)
-        procs.stop(gwp)
+    for gwx, agentx, _ in extra_procs.values():
+        procs.stop(agentx)
+        procs.stop(gwx)
     procs.stop(agent)
     procs.stop(gw)
     return runs, checks, idle, warnings[-50:]
@@ -572,6 +580,9 @@ def main():
                     "(for a smoke test: the figures themselves are never judged)")
     ap.add_argument("--policy", action="store_true", help="also measure the small requests "
                     "through a gateway with an allow-all access policy, in the same rounds")
+    ap.add_argument("--versus", type=Path, help="also measure the small requests through "
+                    "gateway and gateway-agent from this directory (another build), in the same "
+                    "rounds")
     ap.add_argument("--bins", type=Path, help="directory holding gateway, gateway-agent and "
                     "examples/many_agents (default: ROOT/target/release); for comparing builds")
     args = ap.parse_args()
@@ -613,6 +624,7 @@ def main():
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "rounds": args.rounds,
+            "versus": str(args.versus) if args.versus else None,
             "load_cpu": LOAD_CPU,
             "sut_cpu": SUT_CPU,
             "wrk": "wrk -t1 --latency (default 2 s timeout), pinned with taskset",

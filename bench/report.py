@@ -80,9 +80,9 @@ def summarize(data):
     for s in data["scenarios"]:
         sid = s["id"]
         row = {"label": s["label"]}
-        for cfg in ("direct", "tunnel", "policy"):
+        for cfg in ("direct", "tunnel", "policy", "versus"):
             runs = [r for r in data["runs"] if r["scenario"] == sid and r["config"] == cfg]
-            if not runs and cfg == "policy":
+            if not runs and cfg in ("policy", "versus"):
                 continue
             per_k = lambda r, who: (  # noqa: E731  ms of CPU per 1000 requests
                 sum(r["cpu_ms"][w] for w in who) * 1000 / r["wrk"]["requests"]
@@ -107,8 +107,9 @@ def summarize(data):
             }
         d, tu = row["direct"], row["tunnel"]
         row["ratio"] = tu["rps"] / d["rps"] if d["rps"] else None
-        if "policy" in row and d["rps"]:
-            row["policy_ratio"] = row["policy"]["rps"] / d["rps"]
+        for extra in ("policy", "versus"):
+            if extra in row and d["rps"]:
+                row[f"{extra}_ratio"] = row[extra]["rps"] / d["rps"]
         row["rounds_ratio"] = [
             round(a / b, 3) for a, b in zip(tu["rounds_rps"], d["rounds_rps"]) if b
         ]
@@ -215,6 +216,14 @@ def markdown(data):
                       f"{row['tunnel']['cpu_ms_per_1000']['gateway']:.1f} / "
                       f"{row['policy']['cpu_ms_per_1000']['gateway']:.1f} µs"
                       for row in with_policy)]
+    with_versus = [row for row in s["scenarios"].values() if "versus" in row]
+    if with_versus:
+        lines += ["", f"This build vs {data['settings'].get('versus')}, same rounds: "
+                  + "; ".join(
+                      f"{row['label']} ratio {row['ratio']:.2f} vs {row['versus_ratio']:.2f}; "
+                      f"gateway CPU per request {row['tunnel']['cpu_ms_per_1000']['gateway']:.1f} "
+                      f"vs {row['versus']['cpu_ms_per_1000']['gateway']:.1f} µs"
+                      for row in with_versus)]
     noise = [(r.get("machine_noise") or {}, r["wall_seconds"]) for r in data["runs"]]
     busy = [n.get("other_busy_ms", 0) / (w * 10) for n, w in noise]
     steal = [n.get("steal_ms", 0) / (w * 10) for n, w in noise]
