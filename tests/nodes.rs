@@ -425,3 +425,132 @@ async fn a_silent_agent_is_routed_around_within_the_heartbeat_bound() {
         "{late:#?}"
     );
 }
+
+/// Open descriptors of a process.
+fn open_fds(p: &Process) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", p.pid())).map_or(0, |d| d.count())
+}
+
+/// The soak: `GATEWAY_SOAK_SECONDS` (none: skipped; `.ci/run` gives 60,
+/// `bench/soak` 600 or more) of load while nodes and agents are killed and
+/// restarted at random intervals. Every failed request was in flight at a
+/// kill, and the node and the agent that are never killed do not grow in
+/// memory or descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_with_random_kills() {
+    let Some(seconds) = std::env::var("GATEWAY_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        eprintln!("skipped: set GATEWAY_SOAK_SECONDS (bench/soak does)");
+        return;
+    };
+    if !haproxy_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::start().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (sent, tasks) = load(cluster.front, 4, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await; // warm up before the baseline
+    // Node 0 and agent 0 are never killed: they are watched for growth.
+    let (node0, agent0) = (
+        cluster.nodes[0].as_ref().expect("node 0"),
+        cluster.agents[0].as_ref().expect("agent 0"),
+    );
+    let before = [
+        (node0.status_kib("VmRSS"), open_fds(node0)),
+        (agent0.status_kib("VmRSS"), open_fds(agent0)),
+    ];
+    let mut kills: Vec<Instant> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut round = 0u64;
+    while Instant::now() < deadline {
+        round += 1;
+        // Between 1 and 4 s of load, then one of: kill a node (1 or 2) and
+        // start it again, kill agent 1 and start it again, or restart it
+        // with SIGTERM.
+        let pause = 1000 + rand_below(3000);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        match rand_below(3) {
+            0 => {
+                let i = 1 + rand_below(2) as usize;
+                let node = cluster.nodes[i].take().expect("node running");
+                kills.push(Instant::now());
+                node.signal("KILL");
+                drop(node);
+                cluster.start_node(i).await;
+            }
+            1 => {
+                let agent = cluster.agents[1].take().expect("agent running");
+                kills.push(Instant::now());
+                agent.signal("KILL");
+                drop(agent);
+                cluster.start_agent(1);
+            }
+            _ => {
+                let mut agent = cluster.agents[1].take().expect("agent running");
+                agent.signal("TERM");
+                agent.wait_exit_async(Duration::from_secs(15)).await;
+                cluster.start_agent(1);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // load after the last event
+    let sent = finish(stop, tasks, &sent).await;
+    let (node0, agent0) = (
+        cluster.nodes[0].as_ref().expect("node 0"),
+        cluster.agents[0].as_ref().expect("agent 0"),
+    );
+    let after = [
+        (node0.status_kib("VmRSS"), open_fds(node0)),
+        (agent0.status_kib("VmRSS"), open_fds(agent0)),
+    ];
+    let failed = failures(&sent);
+    eprintln!(
+        "soak {seconds} s: {round} events ({} kills), {} requests, {} failed; \
+         node 0 RSS {} -> {} KiB, fds {} -> {}; agent 0 RSS {} -> {} KiB, fds {} -> {}",
+        kills.len(),
+        sent.len(),
+        failed.len(),
+        before[0].0,
+        after[0].0,
+        before[0].1,
+        after[0].1,
+        before[1].0,
+        after[1].0,
+        before[1].1,
+        after[1].1
+    );
+    for f in &failed {
+        let in_flight_at_a_kill = kills
+            .iter()
+            .any(|k| f.started <= *k && f.started + f.took >= *k);
+        assert!(
+            in_flight_at_a_kill,
+            "failed, and not in flight at a kill: {f:?}"
+        );
+    }
+    for (who, (b, a)) in ["node 0", "agent 0"]
+        .iter()
+        .zip(before.iter().zip(after.iter()))
+    {
+        assert!(
+            a.0 < 2 * b.0 + 16 * 1024,
+            "{who} grew: RSS {} -> {} KiB",
+            b.0,
+            a.0
+        );
+        assert!(
+            a.1 <= b.1 + 16,
+            "{who} grew: descriptors {} -> {}",
+            b.1,
+            a.1
+        );
+    }
+}
+
+/// A random number below `n` (the soak's timing and choices; not security).
+fn rand_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now()) % n
+}

@@ -8,7 +8,11 @@
 //! (the gateway URLs) and fixed sets.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -94,14 +98,14 @@ impl AgentMetrics {
         AgentMetrics { registry: r, ..m }
     }
 
-    /// Bytes a finished stream copied.
-    pub(crate) fn copied(&self, up: u64, down: u64) {
-        self.bytes
-            .get_or_create(&DirectionLabel { direction: "up" })
-            .inc_by(up);
-        self.bytes
-            .get_or_create(&DirectionLabel { direction: "down" })
-            .inc_by(down);
+    /// The byte counters, to the upstream and from it.
+    pub(crate) fn byte_counters(&self) -> (Counter, Counter) {
+        (
+            self.bytes
+                .get_or_create_owned(&DirectionLabel { direction: "up" }),
+            self.bytes
+                .get_or_create_owned(&DirectionLabel { direction: "down" }),
+        )
     }
 
     /// The session to `gateway` is up (`true`) or down.
@@ -129,6 +133,59 @@ impl AgentMetrics {
             out = "# the metrics could not be encoded\n".to_owned();
         }
         out
+    }
+}
+
+/// The upstream connection, its bytes counted as they pass (a stream that
+/// ends in a reset has still moved them).
+pub(crate) struct Counted<T> {
+    inner: T,
+    up: Counter,
+    down: Counter,
+}
+
+impl<T> Counted<T> {
+    pub(crate) fn new(inner: T) -> Self {
+        let (up, down) = metrics().byte_counters();
+        Counted { inner, up, down }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.down.inc_by(read as u64);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.up.inc_by(*n as u64);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -169,7 +226,8 @@ mod tests {
     fn a_scrape() {
         let m = AgentMetrics::new();
         m.streams.inc();
-        m.copied(10, 20);
+        let (_, down) = m.byte_counters();
+        down.inc_by(20);
         m.connected("ws://127.0.0.1:3000/ws", true);
         let text = m.encode();
         for line in [

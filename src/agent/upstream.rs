@@ -117,7 +117,7 @@ async fn splice_counted(stream: &mut StreamIo, upstream: &Upstream) {
         }
     };
     let _ = tcp.set_nodelay(true);
-    let mut tcp = tcp;
+    let mut tcp = super::metrics::Counted::new(tcp);
     let copied = tokio::io::copy_bidirectional_with_sizes(
         stream,
         &mut tcp,
@@ -125,9 +125,8 @@ async fn splice_counted(stream: &mut StreamIo, upstream: &Upstream) {
         protocol::COPY_BUFFER,
     )
     .await;
-    match copied {
-        Ok((up, down)) => super::metrics::metrics().copied(up, down),
-        Err(e) => tracing::debug!(stream = stream.id(), error = %e, "stream ended with an error"),
+    if let Err(e) = copied {
+        tracing::debug!(stream = stream.id(), error = %e, "stream ended with an error");
     }
 }
 
