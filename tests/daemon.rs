@@ -507,3 +507,28 @@ async fn refusals_are_logged_with_their_reason() {
     assert!(line.contains("status=404"), "{line}");
     assert!(!d.log().contains("x status=200"), "{}", d.log());
 }
+
+/// The access log names the client that policy judges: behind a trusted
+/// proxy, the address it reported, not the proxy's; from anyone else, the
+/// peer, whatever it claims.
+#[tokio::test]
+async fn the_access_log_names_the_client_a_trusted_proxy_reported() {
+    let dir = TempDir::new();
+    let cfg = dir.write(
+        "g.toml",
+        "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n[timeouts]\nagent_wait = \"0s\"\n\
+         [[tunnels]]\nid = \"one\"\n",
+    );
+    let d = Process::gateway(&["--port", "0", "--config", cfg.to_str().unwrap()], &[]);
+    let addr = d.addr_async().await;
+    let resp = client()
+        .get(format!("http://{addr}/x"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let line = d.wait_line_async("gateway::access").await;
+    assert!(line.contains("client=203.0.113.7"), "{line}");
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+}

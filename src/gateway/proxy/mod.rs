@@ -49,7 +49,7 @@ pub(crate) async fn handle(
     host_tunnel: Option<String>,
 ) -> Response<Body> {
     let id = request_id(&req);
-    let span = request_span(ctx, &req, &id);
+    let span = request_span(state, ctx, &req, &id);
     let started = Instant::now();
     let method = req.method().clone();
     async move {
@@ -98,10 +98,19 @@ pub(crate) async fn handle(
 }
 
 /// The span of one public request: the fields of every line logged for it.
-fn request_span<B>(ctx: &ConnCtx, req: &Request<B>, id: &HeaderValue) -> tracing::Span {
+/// `client` is the address access policy judges: the peer, or the client a
+/// trusted proxy names in `X-Forwarded-For`.
+fn request_span<B>(
+    state: &State,
+    ctx: &ConnCtx,
+    req: &Request<B>,
+    id: &HeaderValue,
+) -> tracing::Span {
+    let client = state.policies.load().client_address(ctx, req);
     tracing::info_span!(
         "request",
         request_id = %id.to_str().unwrap_or("-"),
+        client = %client,
         method = %req.method(),
         path = %req.uri().path(),
         peer = %ctx.peer,
@@ -120,7 +129,7 @@ pub(crate) fn refuse<B>(
     e: &ErrorKind,
 ) -> Response<Body> {
     let id = request_id(req);
-    let _span = request_span(ctx, req, &id).entered();
+    let _span = request_span(state, ctx, req, &id).entered();
     let resp = e.response(req, &id);
     let seen = Seen {
         metrics: &state.metrics,
